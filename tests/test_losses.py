@@ -1,0 +1,109 @@
+"""KL, discretised likelihood, training losses and the bound against closed forms."""
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import jax
+import jax.numpy as jnp
+
+import ddpm_jax as d
+
+
+def test_normal_kl_closed_form():
+    m1, v1, m2, v2 = 0.3, 0.5, -0.2, 2.0
+    expected = np.log(np.sqrt(v2 / v1)) + (v1 + (m1 - m2) ** 2) / (2 * v2) - 0.5
+    np.testing.assert_allclose(d.normal_kl(m1, np.log(v1), m2, np.log(v2)), expected, rtol=1e-6)
+    assert float(d.normal_kl(1.5, -3.0, 1.5, -3.0)) == 0.0
+
+
+@pytest.mark.parametrize("mean,log_scale", [(0.0, np.log(0.5)), (0.93, np.log(0.01)),
+                                            (-1.7, np.log(3.0)), (0.2, np.log(1e-3))])
+def test_discretized_likelihood_is_a_distribution(mean, log_scale):
+    bins = jnp.arange(256) / 127.5 - 1.0
+    logp = d.discretized_gaussian_log_likelihood(
+        bins[None], mean=jnp.full((1, 256), mean), log_scale=jnp.full((1, 256), log_scale))
+    np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, atol=1e-5)
+    # Interior bins against scipy's float64 CDF, where the probability is not negligible.
+    edges = np.concatenate([[-np.inf], (np.arange(255) + 0.5) / 127.5 - 1.0, [np.inf]])
+    ref = np.diff(scipy.stats.norm.cdf(edges, loc=mean, scale=np.exp(log_scale)))
+    big = ref > 1e-6
+    np.testing.assert_allclose(np.exp(logp[0])[big], ref[big], rtol=1e-3)
+    assert np.all(np.isfinite(logp))
+
+
+def test_prior_kl_matches_closed_form():
+    s = d.make_schedule("linear", 1000)
+    x0 = jnp.array([[0.5, -1.0]])
+    abar = float(s.alphas_cumprod[-1])
+    m, v = np.sqrt(abar) * np.array([0.5, -1.0]), 1 - abar
+    expected = np.sum(0.5 * (v + m**2 - 1 - np.log(v)))
+    np.testing.assert_allclose(d.prior_kl(s, x0), [expected], rtol=1e-3)
+
+
+def test_simple_loss_monte_carlo():
+    """A zero eps-predictor has E[(eps - 0)^2] = 1; the batch mean of 4096 x 16 terms has
+    standard error sqrt(2 / 65536) = 0.0055."""
+    s = d.make_schedule("linear", 100)
+    x0 = jnp.zeros((4096, 16))
+    loss = d.training_loss(lambda x, t: jnp.zeros_like(x), s, x0, jax.random.key(0))
+    assert loss.shape == (4096,)
+    assert abs(float(loss.mean()) - 1.0) < 5 * 0.0055
+
+
+def test_perfect_predictor_has_zero_loss_and_zero_kl():
+    s = d.make_schedule("linear", 100)
+    x0 = jax.random.uniform(jax.random.key(1), (32, 6), minval=-1, maxval=1)
+    oracle = lambda x, t: x0
+    assert float(jnp.max(d.training_loss(oracle, s, x0, jax.random.key(2), target="x0"))) == 0.0
+    # With the true x0 and the posterior's own variance, every KL term for t > 0 vanishes.
+    t = jnp.arange(1, 33)
+    x_t = d.q_sample(s, x0, t, jax.random.normal(jax.random.key(3), x0.shape))
+    kl = d.vlb_term(s, x0, x0, x_t, t, target="x0", variance="fixedsmall")
+    np.testing.assert_allclose(kl, 0.0, atol=1e-3)
+
+
+def test_hybrid_loss_stops_mean_gradient_in_vlb():
+    s = d.make_schedule("linear", 50)
+    x0 = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1), minval=-1, maxval=1)
+
+    def loss(params, kind):
+        out = lambda x, t: jnp.concatenate([params["eps"] * x, params["v"] * jnp.ones_like(x)], -1)
+        return d.training_loss(out, s, x0, jax.random.key(0), variance="learned_range",
+                               loss=kind).mean()
+
+    params = {"eps": 0.3, "v": 0.1}
+    g_hybrid = jax.grad(loss)(params, "hybrid")
+    g_simple = jax.grad(loss)(params, "simple")
+    np.testing.assert_allclose(g_hybrid["eps"], g_simple["eps"], rtol=1e-6)
+    assert g_simple["v"] == 0 and g_hybrid["v"] != 0
+    with pytest.raises(ValueError, match="needs variance='learned_range'"):
+        d.training_loss(lambda x, t: x, s, x0, jax.random.key(0), loss="hybrid")
+    with pytest.raises(ValueError, match="unknown loss 'l2'"):
+        d.training_loss(lambda x, t: x, s, x0, jax.random.key(0), loss="l2")
+
+
+def test_vlb_loss_is_unbiased_for_the_bound():
+    """E_t[T * L_t] = sum_t L_t: the 'vlb' loss (random t) and the scan over all t (random x_t)
+    estimate the same mean; they must agree within 5 combined standard errors."""
+    s = d.make_schedule("linear", 20)
+    x0 = jnp.round(jax.random.uniform(jax.random.key(1), (1, 3), minval=-1, maxval=1) * 127.5) / 127.5
+    shrink = lambda x, t: 0.5 * x
+    n = 20000
+    batch = jnp.repeat(x0, n, 0)
+    bound = d.variational_bound(shrink, s, batch, jax.random.key(2))
+    scan_estimate = bound.total - bound.prior
+    losses = d.training_loss(shrink, s, batch, jax.random.key(3), loss="vlb")
+    stderr = np.sqrt((losses.var() + scan_estimate.var()) / n)
+    assert abs(float(losses.mean() - scan_estimate.mean())) < 5 * stderr
+
+
+def test_variational_bound_structure():
+    s = d.make_schedule("linear", 30)
+    x0 = jnp.round(jax.random.uniform(jax.random.key(1), (4, 2, 2, 1), minval=-1, maxval=1)
+                   * 127.5) / 127.5
+    b = jax.jit(lambda s, x, k: d.variational_bound(lambda x, t: 0.9 * x, s, x, k))(
+        s, x0, jax.random.key(0))
+    assert b.diffusion_terms.shape == (29, 4)
+    np.testing.assert_allclose(b.total, b.prior + b.decoder + b.diffusion_terms.sum(0), rtol=1e-5)
+    assert np.all(b.diffusion_terms >= -1e-4) and np.all(b.prior >= 0) and np.all(b.decoder > 0)
