@@ -1,0 +1,383 @@
+"""Image grids, PNG / GIF files and an HTML player for samples and the reverse process.
+
+Plain numpy + Pillow (no JAX), so it is cheap to import and test. Arrays follow the
+model's NHWC layout. Model outputs in [-1, 1] go through ``to_uint8`` first; every other
+function takes uint8 images with C in {1, 3} (grayscale or RGB).
+"""
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import string
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+_CHANNELS = (1, 3)
+_MIN_GIF_FRAME_MS = 20  # Browsers play shorter GIF frame delays at 100 ms.
+
+
+def _check_uint8_images(name: str, images: npt.ArrayLike, *, axes: str) -> np.ndarray:
+    """Returns ``images`` as a uint8 array after checking its rank, dtype and channels.
+
+    Args:
+        name: Argument name used in error messages.
+        images: Array whose last axis is the channel axis.
+        axes: Expected axis names, e.g. "N, H, W, C"; their count is the expected rank.
+
+    Raises:
+        ValueError: Wrong rank, an empty axis, C not in {1, 3}, or a dtype other than uint8.
+    """
+    images = np.asarray(images)
+    ndim = len(axes.split(","))
+    if images.ndim != ndim or 0 in images.shape or images.shape[-1] not in _CHANNELS:
+        raise ValueError(
+            f"{name} must have shape [{axes}] with C in {{1, 3}} and no empty axis; "
+            f"got shape {images.shape}"
+        )
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 (see to_uint8); got dtype {images.dtype}")
+    return images
+
+
+def _check_int(name: str, value: int, low: int, high: int | None = None) -> None:
+    """Raises ValueError unless ``value`` is an int in [low, high] (no upper bound if None)."""
+    if (isinstance(value, bool) or not isinstance(value, int) or value < low
+            or (high is not None and value > high)):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bounds}; got {value!r}")
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    """Wraps a checked uint8 [H, W, C] image as a Pillow image (mode "L" or "RGB")."""
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """Encodes a checked uint8 [H, W, C] image as PNG bytes."""
+    buffer = io.BytesIO()
+    _to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_data_uri(image: np.ndarray) -> str:
+    """Encodes a checked uint8 [H, W, C] image as a ``data:image/png;base64,`` URI."""
+    return "data:image/png;base64," + base64.b64encode(_png_bytes(image)).decode("ascii")
+
+
+def to_uint8(images: npt.ArrayLike) -> np.ndarray:
+    """Maps model-range images in [-1, 1] to uint8 pixels in [0, 255].
+
+    Each value becomes floor((x + 1) * 127.5 + 0.5), i.e. rounded half up, then
+    clipped: -1 -> 0, 0 -> 128, 1 -> 255; values outside [-1, 1] saturate.
+
+    Args:
+        images: Float array of any shape, typically [..., H, W, C].
+
+    Returns:
+        uint8 array of the same shape.
+
+    Raises:
+        ValueError: ``images`` contains NaN.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    num_nan = np.isnan(images).sum()
+    if num_nan:
+        raise ValueError(f"images contain NaN ({num_nan} of {images.size} values)")
+    return np.clip(np.floor((images + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(
+    images: npt.ArrayLike,
+    *,
+    num_cols: int | None = None,
+    padding: int = 2,
+    pad_value: int = 255,
+) -> np.ndarray:
+    """Tiles images row-major into one image, with ``padding`` pixels around every tile.
+
+    Args:
+        images: uint8 [N, H, W, C], C in {1, 3}.
+        num_cols: Tiles per row; default ceil(sqrt(N)) (near-square). Capped at N.
+        padding: Pixels between tiles and around the border, >= 0.
+        pad_value: Value in [0, 255] of the padding and of empty trailing cells.
+
+    Returns:
+        uint8 [rows * (H + padding) + padding, cols * (W + padding) + padding, C], where
+        cols = min(num_cols, N) and rows = ceil(N / cols). Tile i has its top-left corner
+        at (padding + (i // cols) * (H + padding), padding + (i % cols) * (W + padding)).
+
+    Raises:
+        ValueError: Bad shape or dtype of ``images``, or a bad option value.
+    """
+    images = _check_uint8_images("images", images, axes="N, H, W, C")
+    n, h, w, c = images.shape
+    if num_cols is not None:
+        _check_int("num_cols", num_cols, 1)
+    _check_int("padding", padding, 0)
+    _check_int("pad_value", pad_value, 0, 255)
+    cols = min(num_cols or math.ceil(math.sqrt(n)), n)
+    rows = math.ceil(n / cols)
+    grid_shape = (rows * (h + padding) + padding, cols * (w + padding) + padding, c)
+    grid = np.full(grid_shape, pad_value, np.uint8)
+    for i, image in enumerate(images):
+        top = padding + (i // cols) * (h + padding)
+        left = padding + (i % cols) * (w + padding)
+        grid[top : top + h, left : left + w] = image
+    return grid
+
+
+def save_png(path: str | os.PathLike[str], image: npt.ArrayLike) -> None:
+    """Writes one image as a PNG file (mode "L" for C = 1, "RGB" for C = 3).
+
+    Args:
+        path: Destination file; its directory must exist.
+        image: uint8 [H, W, C], C in {1, 3}.
+
+    Raises:
+        ValueError: Bad shape or dtype of ``image``.
+    """
+    image = _check_uint8_images("image", image, axes="H, W, C")
+    with open(path, "wb") as f:
+        f.write(_png_bytes(image))
+
+
+def save_gif(
+    path: str | os.PathLike[str],
+    frames: npt.ArrayLike,
+    *,
+    frame_ms: int = 60,
+    hold_last_ms: int = 1500,
+    scale: int = 1,
+) -> None:
+    """Writes frames as an animated GIF that loops forever and holds the last frame.
+
+    Frame f is shown for ``frame_ms``, the last one for ``hold_last_ms`` (per-frame
+    durations; no frame is repeated). GIF stores durations in units of 10 ms, so other
+    values are rounded. Pillow merges consecutive identical frames into one, summing
+    their durations, so the file has one frame per run of identical frames: F frames
+    when consecutive frames differ. RGB frames are stored with a palette of at most 256
+    colours per frame, so RGB frames with more colours are quantized; grayscale is exact.
+
+    Args:
+        path: Destination file; its directory must exist.
+        frames: uint8 [F, H, W, C], C in {1, 3}, e.g. one ``make_grid`` per sampling step.
+        frame_ms: Display time of every frame but the last, in milliseconds, >= 20.
+        hold_last_ms: Display time of the last frame, in milliseconds, >= 20.
+        scale: Integer nearest-neighbour upscaling factor, >= 1, so small images are visible.
+
+    Raises:
+        ValueError: Bad shape or dtype of ``frames``, or a bad option value.
+    """
+    frames = _check_uint8_images("frames", frames, axes="F, H, W, C")
+    _check_int("frame_ms", frame_ms, _MIN_GIF_FRAME_MS)
+    _check_int("hold_last_ms", hold_last_ms, _MIN_GIF_FRAME_MS)
+    _check_int("scale", scale, 1)
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    first, *rest = [_to_pil(frame) for frame in frames]
+    first.save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=rest,
+        duration=[frame_ms] * (len(frames) - 1) + [hold_last_ms],
+        loop=0,
+    )
+
+
+_HTML_TEMPLATE = string.Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title>
+<style>
+  :root { color-scheme: dark; }
+  body { margin: 0; padding: 24px; background: #161719; color: #d6d6d6;
+         font: 15px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+  main { max-width: 1180px; margin: 0 auto; }
+  h1 { font-size: 20px; font-weight: 600; margin: 0 0 18px; color: #ececec; }
+  .panels { display: flex; flex-wrap: wrap; gap: 20px; justify-content: center; }
+  figure { margin: 0; padding: 12px; background: #1f2023; border: 1px solid #2c2e32;
+           border-radius: 10px; }
+  figcaption { margin-bottom: 10px; text-align: center; font-size: 13px; color: #9a9ea5; }
+  .panels img { display: block; width: min(44vw, 540px); height: auto;
+                background: #000; image-rendering: pixelated; }
+  .controls { display: flex; flex-wrap: wrap; align-items: center; gap: 14px;
+              margin: 20px auto 0; max-width: 1108px; }
+  #slider { flex: 1 1 300px; accent-color: #8ab4f8; }
+  button, select { padding: 6px 14px; font: inherit; color: inherit; background: #2b2d31;
+                   border: 1px solid #3d4046; border-radius: 6px; cursor: pointer; }
+  button:hover, select:hover { background: #34373c; }
+  #play { min-width: 5.5em; }
+  .readout { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+             font-variant-numeric: tabular-nums; }
+  #label { min-width: 8ch; font-size: 17px; color: #ffffff; }
+  #counter { min-width: 13ch; font-size: 13px; color: #8c9096; }
+  .hint { margin: 14px auto 0; max-width: 1108px; font-size: 12px; color: #6f737a; }
+</style>
+</head>
+<body>
+<main>
+<h1>$title</h1>
+<div class="panels">
+  <figure>
+    <figcaption>x<sub>t</sub> &mdash; current sample</figcaption>
+    <img id="xt" alt="x_t">
+  </figure>
+  <figure>
+    <figcaption>predicted x<sub>0</sub></figcaption>
+    <img id="x0" alt="predicted x_0">
+  </figure>
+</div>
+<div class="controls">
+  <button id="play" type="button">Play</button>
+  <input id="slider" type="range" min="0" max="$last_index" step="1" value="0" aria-label="frame">
+  <span id="label" class="readout"></span>
+  <span id="counter" class="readout"></span>
+  <label>speed <select id="speed">
+    <option value="10">10 fps</option>
+    <option value="30">30 fps</option>
+    <option value="60" selected>60 fps</option>
+    <option value="120">120 fps</option>
+    <option value="240">240 fps</option>
+  </select></label>
+</div>
+<p class="hint">Space: play / pause &middot; &larr; / &rarr;: step one frame</p>
+</main>
+<script type="application/json" id="frames">$frames_json</script>
+<script>
+"use strict";
+const data = JSON.parse(document.getElementById("frames").textContent);
+const lastIndex = data.labels.length - 1;
+const xt = document.getElementById("xt");
+const x0 = document.getElementById("x0");
+const slider = document.getElementById("slider");
+const label = document.getElementById("label");
+const counter = document.getElementById("counter");
+const playButton = document.getElementById("play");
+const speed = document.getElementById("speed");
+// Decode every frame up front so scrubbing and playback do not flicker.
+const cache = data.x_t.concat(data.x0_pred).map(function (src) {
+  const image = new Image();
+  image.src = src;
+  return image;
+});
+let playing = false;
+let previousTime = 0;
+let pendingFrames = 0;
+
+function show(index) {
+  slider.value = String(index);
+  xt.src = data.x_t[index];
+  x0.src = data.x0_pred[index];
+  label.textContent = data.labels[index];
+  counter.textContent = "frame " + (index + 1) + " / " + (lastIndex + 1);
+}
+
+function tick(now) {
+  if (!playing) return;
+  pendingFrames += (now - previousTime) * Number(speed.value) / 1000;
+  previousTime = now;
+  const steps = Math.floor(pendingFrames);
+  if (steps > 0) {
+    pendingFrames -= steps;
+    const index = Math.min(Number(slider.value) + steps, lastIndex);
+    show(index);
+    if (index === lastIndex) {
+      setPlaying(false);
+      return;
+    }
+  }
+  requestAnimationFrame(tick);
+}
+
+function setPlaying(on) {
+  playing = on;
+  playButton.textContent = on ? "Pause" : "Play";
+  if (!on) return;
+  if (Number(slider.value) === lastIndex) show(0);
+  previousTime = performance.now();
+  pendingFrames = 0;
+  requestAnimationFrame(tick);
+}
+
+playButton.addEventListener("click", function () { setPlaying(!playing); });
+slider.addEventListener("input", function () { show(Number(slider.value)); });
+document.addEventListener("keydown", function (event) {
+  if (event.target.closest("button, select, input")) return;
+  if (event.key === " ") {
+    event.preventDefault();
+    setPlaying(!playing);
+  } else if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
+    event.preventDefault();
+    setPlaying(false);
+    const step = event.key === "ArrowLeft" ? -1 : 1;
+    show(Math.max(0, Math.min(lastIndex, Number(slider.value) + step)));
+  }
+});
+show(0);
+</script>
+</body>
+</html>
+""")
+
+
+def save_reverse_process_html(
+    path: str | os.PathLike[str],
+    *,
+    x_t: npt.ArrayLike,
+    x0_pred: npt.ArrayLike,
+    timesteps: npt.ArrayLike,
+    title: str = "DDPM reverse process",
+) -> None:
+    """Writes a self-contained HTML player for the reverse (denoising) process.
+
+    Frame f shows the grid x_t[f] beside the model's current prediction x0_pred[f], with
+    a slider over all frames, play / pause, a speed control and the label "t = <t>"
+    ("x_0" where t = 0). Each frame is a whole grid image (e.g. ``make_grid`` of the batch
+    at that step). Frames are PNG-encoded once and embedded as base64 data URIs (2 * F
+    images), CSS and JS are inline: the file needs no network. Noise does not compress,
+    so the file holds roughly 2 * F * H * W * C * 4/3 bytes: for T = 1000 steps keep the
+    grid small or pass every k-th step.
+
+    Args:
+        path: Destination file; its directory must exist.
+        x_t: uint8 [F, H, W, C], C in {1, 3}: the sample grid at each recorded step.
+        x0_pred: uint8 [F, H2, W2, C2], C2 in {1, 3}: the predicted-x_0 grid at those steps.
+        timesteps: Integers [F], >= 0: the paper's t of x_t[f], T ... 1 (schedule index
+            + 1); 0 marks the final sample x_0.
+        title: Page title and heading (plain text; it is HTML-escaped).
+
+    Raises:
+        ValueError: Bad shape or dtype of an argument, or frame counts that differ.
+    """
+    x_t = _check_uint8_images("x_t", x_t, axes="F, H, W, C")
+    x0_pred = _check_uint8_images("x0_pred", x0_pred, axes="F, H, W, C")
+    timesteps = np.asarray(timesteps)
+    if timesteps.ndim != 1 or not np.issubdtype(timesteps.dtype, np.integer):
+        raise ValueError(
+            f"timesteps must be a 1-D integer array; got shape {timesteps.shape}, "
+            f"dtype {timesteps.dtype}"
+        )
+    if (timesteps < 0).any():
+        raise ValueError(f"timesteps must be >= 0; got min {timesteps.min()}")
+    if not len(x_t) == len(x0_pred) == len(timesteps):
+        raise ValueError(
+            f"x_t, x0_pred and timesteps must have the same number of frames; got "
+            f"{len(x_t)}, {len(x0_pred)} and {len(timesteps)}"
+        )
+    frames_json = json.dumps({
+        "x_t": [_png_data_uri(frame) for frame in x_t],
+        "x0_pred": [_png_data_uri(frame) for frame in x0_pred],
+        "labels": [f"t = {t}" if t > 0 else "x_0" for t in timesteps.tolist()],
+    })
+    page = _HTML_TEMPLATE.substitute(
+        title=html.escape(title), last_index=len(x_t) - 1, frames_json=frames_json
+    )
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
