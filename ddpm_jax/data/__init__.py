@@ -1,0 +1,1 @@
+"""Dataset builders used by ``ddpm_jax.input_pipeline``."""
