@@ -1,0 +1,60 @@
+"""Defaults shared by every config: Ho et al.'s CIFAR-10 recipe. Other configs start from it."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "cifar10"  # any tfds image dataset
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
+    config.data.image_size = ml_collections.config_dict.placeholder(int)  # None: native size
+    config.data.random_flip = True
+
+    config.model = ml_collections.ConfigDict()  # ddpm_jax.models.UNet fields
+    config.model.base_channels = 128
+    config.model.channel_mults = (1, 2, 2, 2)
+    config.model.num_res_blocks = 2
+    config.model.attn_resolutions = (16,)
+    config.model.dropout = 0.1
+    config.model.num_groups = 32
+    config.model.num_classes = ml_collections.config_dict.placeholder(int)  # None: unconditional
+    config.model.resample_with_conv = True
+    config.model.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.schedule = "linear"
+    config.diffusion.num_timesteps = 1000
+    config.diffusion.target = "eps"
+    config.diffusion.variance = "fixedlarge"  # also what the sampler uses
+    config.diffusion.loss = "simple"
+    config.diffusion.vlb_weight = 1e-3  # lambda of the hybrid loss
+
+    config.training = ml_collections.ConfigDict()
+    config.training.batch_size = 128  # global, over all devices and processes
+    config.training.num_steps = 800_000
+    config.training.log_every = 100
+    config.training.checkpoint_every = 10_000
+    config.training.max_to_keep = 3
+    config.training.sample_every = 50_000
+    config.training.num_preview_samples = 64
+    config.training.ema_decay = 0.9999
+    config.training.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
+    config.training.label_dropout = 0.1  # null-label rate for classifier-free guidance
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 2e-4
+    config.optim.warmup_steps = 5000
+    config.optim.grad_clip = 1.0  # global norm; 0 disables
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+
+    config.sampling = ml_collections.ConfigDict()  # previews and sample.py's defaults
+    config.sampling.sampler = "ddpm"
+    config.sampling.num_steps = ml_collections.config_dict.placeholder(int)  # None: all T
+    config.sampling.eta = 0.0
+    config.sampling.clip_x0 = True
+    return config

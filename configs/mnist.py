@@ -1,0 +1,9 @@
+"""MNIST at 28x28: the Fashion-MNIST model, trained longer on the digits."""
+
+from configs import fashion_mnist
+
+
+def get_config():
+    config = fashion_mnist.get_config()
+    config.data.name = "mnist"
+    return config

@@ -1,0 +1,21 @@
+"""A tiny config for tests: trains a few steps in seconds on CPU."""
+
+from configs import fashion_mnist
+
+
+def get_config():
+    config = fashion_mnist.get_config()
+    config.model.base_channels = 8
+    config.model.channel_mults = (1, 2)
+    config.model.attn_resolutions = (14,)
+    config.model.num_groups = 4
+    config.diffusion.num_timesteps = 20
+    config.training.batch_size = 8
+    config.training.num_steps = 4
+    config.training.log_every = 1
+    config.training.checkpoint_every = 2
+    config.training.sample_every = 4
+    config.training.num_preview_samples = 4
+    config.training.ema_decay = 0.9
+    config.optim.warmup_steps = 2
+    return config

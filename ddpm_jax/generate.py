@@ -1,0 +1,187 @@
+"""Sampling from a training workdir: checkpoint in, images out.
+
+    images = ddpm_jax.generate("runs/fmnist", num_samples=16, seed=0).images  # [16, 28, 28, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from ddpm_jax import sampling, train_lib, visualize
+from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.models import UNet
+from ddpm_jax.schedules import Schedule
+
+PARAMS = ("ema", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A restored run: its config, model, image shape, schedule, step and parameter sets."""
+
+    config: ml_collections.ConfigDict
+    image_shape: tuple[int, int, int]
+    model: UNet
+    schedule: Schedule
+    step: int
+    params: Any
+    ema_params: Any
+
+
+def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
+    """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{workdir!r} is not a training workdir: no config.json (train "
+                                f"there first with train.py --workdir {workdir})")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
+        image_shape = train_lib.read_image_shape(workdir)
+        model = train_lib.make_model(config, image_shape)
+        template = jax.eval_shape(
+            lambda: train_lib.create_train_state(model, train_lib.make_optimizer(config),
+                                                 jax.random.key(0), image_shape))
+        state = ckpt.restore(template, step)
+    return Trained(config, image_shape, model, train_lib.make_schedule_from_config(config),
+                   int(state.step),
+                   state.params, state.ema_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """Generated images (float in [-1, 1] and uint8) and, if asked, the reverse process of the
+    first batch: ``trajectory`` frames of x_t / x0-predictions [F, B, H, W, C]."""
+
+    images: np.ndarray
+    images_uint8: np.ndarray
+    trajectory: sampling.Trajectory | None
+    settings: dict
+
+
+def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: int | None = None,
+             params: str = "ema", batch_size: int | None = None, sampler: str | None = None,
+             num_steps: int | None = None, eta: float | None = None,
+             variance: str | None = None, guidance_scale: float | None = None,
+             labels: list[int] | None = None, trajectory_every: int | None = None,
+             progress: bool = False) -> Samples:
+    """Samples ``num_samples`` images from a workdir's checkpoint, sharded over local devices.
+
+    Args:
+      workdir: a training workdir, or a ``Trained`` from ``load_workdir``.
+      num_samples: how many images, >= 1.
+      seed: sampling seed; the same seed, checkpoint and settings give identical images.
+      step: checkpoint step (default: latest).
+      params: ``'ema'`` (default) or ``'raw'`` parameters.
+      batch_size: images per sampler call (default: all at once); a multiple of the device count.
+      sampler, num_steps, eta: override the run's ``config.sampling``.
+      variance: ``'fixedlarge'`` / ``'fixedsmall'`` (default: the training config's).
+      guidance_scale: classifier-free guidance scale for conditional models (default 1).
+      labels: class labels for conditional models, cycled over the samples (default 0, 1, ...).
+      trajectory_every: also record the reverse process of the first batch every k steps.
+      progress: show a progress bar over timesteps.
+    """
+    trained = workdir if isinstance(workdir, Trained) else load_workdir(workdir, step=step)
+    config, model = trained.config, trained.model
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if params not in PARAMS:
+        raise ValueError(f"unknown params {params!r}; expected one of {list(PARAMS)}")
+    devices = jax.local_device_count()
+    batch_size = batch_size or math.ceil(num_samples / devices) * devices
+    if batch_size % devices:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the local device count "
+                         f"{devices}")
+    settings = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps, eta=eta).items()
+                if v is not None}
+    s = {**config.sampling.to_dict(), **settings,
+         "variance": variance or config.diffusion.variance}
+    sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"])  # validates
+    mesh = train_lib.data_mesh(jax.local_devices())
+    chosen = trained.ema_params if params == "ema" else trained.params
+    image_shape = trained.image_shape
+    num_batches = math.ceil(num_samples / batch_size)
+    all_labels = None
+    if model.num_classes is not None:
+        cycle = labels or list(range(model.num_classes))
+        all_labels = np.resize(np.asarray(cycle, np.int32), num_batches * batch_size)
+    elif labels or guidance_scale is not None:
+        raise ValueError("labels and guidance_scale need a class-conditional model "
+                         "(config.model.num_classes is None)")
+    steps = len(sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"]))
+    bar = tqdm(total=steps * num_batches, desc="sample", disable=not progress, dynamic_ncols=True)
+
+    def run(p, key, batch_labels, with_trajectory):
+        if batch_labels is None:
+            denoise_fn = train_lib.denoiser(model, p)
+        else:
+            denoise_fn = sampling.classifier_free_guidance(
+                lambda x, t, y: model.apply({"params": p}, x, t, y), batch_labels,
+                null_label=model.num_classes, guidance_scale=guidance_scale or 1.0)
+        return sampling.sample(
+            denoise_fn, trained.schedule, key, (batch_size, *image_shape), sampler=s["sampler"],
+            num_steps=s["num_steps"], eta=s["eta"], target=config.diffusion.target,
+            variance=s["variance"], clip_x0=s["clip_x0"],
+            trajectory_every=trajectory_every if with_trajectory else None,
+            progress=(lambda i: bar.update(1)) if progress else None)
+
+    sharded = NamedSharding(mesh, P("data"))
+    run_jit = jax.jit(run, static_argnums=3, out_shardings=None)
+    outputs, trajectory = [], None
+    base_key = jax.random.key(seed)
+    for b in range(num_batches):
+        batch_labels = None if all_labels is None else jax.device_put(
+            all_labels[b * batch_size:(b + 1) * batch_size], sharded)
+        out = run_jit(chosen, jax.random.fold_in(base_key, b), batch_labels,
+                      b == 0 and trajectory_every is not None)
+        if isinstance(out, tuple):
+            out, trajectory = out
+            trajectory = jax.tree.map(np.asarray, trajectory)
+        outputs.append(np.asarray(out))
+    bar.close()
+    images = np.concatenate(outputs)[:num_samples]
+    settings = dict(workdir=os.path.abspath(workdir) if isinstance(workdir, str) else None,
+                    step=trained.step, seed=seed, num_samples=num_samples, params=params,
+                    batch_size=batch_size, target=config.diffusion.target,
+                    guidance_scale=guidance_scale,
+                    labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
+    return Samples(images, visualize.to_uint8(images), trajectory, settings)
+
+
+def write_outputs(out: str, samples: Samples, *, trajectory_samples: int = 16) -> list[str]:
+    """Writes samples.png, samples.npz, sample_settings.json and, with a trajectory,
+    reverse_process.gif and reverse_process.html. Returns the paths written."""
+    os.makedirs(out, exist_ok=True)
+    paths = {name: os.path.join(out, name) for name in (
+        "samples.png", "samples.npz", "sample_settings.json", "reverse_process.gif",
+        "reverse_process.html")}
+    visualize.save_png(paths["samples.png"], visualize.make_grid(samples.images_uint8))
+    np.savez(paths["samples.npz"], images=samples.images_uint8, samples=samples.images)
+    with open(paths["sample_settings.json"], "w") as f:
+        json.dump(samples.settings, f, indent=2)
+    if samples.trajectory is None:
+        return [paths[n] for n in ("samples.png", "samples.npz", "sample_settings.json")]
+    traj = samples.trajectory
+    n = min(trajectory_samples, traj.x_t.shape[1])
+    final = samples.images_uint8[:n]
+    grids = lambda frames: np.stack([visualize.make_grid(f) for f in frames])
+    x_t = grids(np.concatenate([visualize.to_uint8(traj.x_t[:, :n]), final[None]]))
+    x0 = grids(np.concatenate([visualize.to_uint8(traj.pred_x0[:, :n]), final[None]]))
+    timesteps = np.append(np.asarray(traj.timesteps) + 1, 0)  # paper convention; 0 = final x_0
+    visualize.save_gif(paths["reverse_process.gif"], x_t, scale=2)
+    visualize.save_reverse_process_html(paths["reverse_process.html"], x_t=x_t, x0_pred=x0,
+                                        timesteps=timesteps)
+    return list(paths.values())

@@ -1,0 +1,275 @@
+"""Training as a library: ``create_train_state``, ``make_train_step``, ``train_and_evaluate``.
+
+Randomness is derived, never stored: the step's key is ``fold_in(key(seed), step)`` and the data
+order is a function of (seed, step), so a resumed run is bit-identical to an uninterrupted one.
+The batch is sharded over a ``data`` mesh axis spanning every device of every process; parameters
+are replicated. Random draws are over the global batch (JAX's partitionable threefry), so no two
+devices draw the same t or noise and the result does not depend on the device count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from ddpm_jax import input_pipeline, losses, sampling, visualize
+from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.metric_writer import MetricWriter
+from ddpm_jax.models import UNet
+from ddpm_jax.schedules import Schedule, make_schedule
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint holds besides the config. ``step`` counts completed updates."""
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+IMAGE_SHAPE_FILE = "image_shape.json"  # beside config.json: the [H, W, C] the model was trained on
+
+
+def read_image_shape(workdir: str) -> tuple[int, int, int]:
+    with open(os.path.join(workdir, IMAGE_SHAPE_FILE)) as f:
+        return tuple(json.load(f))
+
+
+def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> UNet:
+    """The U-Net of ``config.model`` for images of ``image_shape`` [H, W, C]."""
+    fields = config.model.to_dict()
+    dtype = fields.pop("dtype")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown model dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    learned = config.diffusion.variance == "learned_range"
+    return UNet(**fields, dtype=DTYPES[dtype], out_channels=image_shape[-1] * (2 if learned else 1))
+
+
+def make_schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
+    return make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam with linear warm-up to a constant rate, after global-norm clipping (Ho et al.)."""
+    o = config.optim
+    lr = optax.warmup_constant_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
+    adam = optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip), adam) if o.grad_clip > 0 else adam
+
+
+def create_train_state(model: UNet, optimizer: optax.GradientTransformation, key: jax.Array,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+    """Initial parameters (EMA starts equal to them) and optimizer state. Jit it."""
+    x = jnp.zeros((1, *image_shape))
+    t = jnp.zeros((1,), jnp.int32)
+    labels = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
+    params = model.init(key, x, t, labels)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=optimizer.init(params))
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """The EMA decay after ``step`` updates: min(decay, (1 + step) / (10 + step)) with warm-up."""
+    if not warmup:
+        return jnp.asarray(decay)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def denoiser(model: UNet, params: Any, labels: jax.Array | None = None, **apply_kwargs):
+    """``denoise_fn(x_t, t)`` of a U-Net with fixed parameters (and labels, when conditional)."""
+    return lambda x, t: model.apply({"params": params}, x, t, labels, **apply_kwargs)
+
+
+def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> Callable:
+    """``train_step(state, batch, key) -> (state, metrics)``: one update and the EMA, unjitted.
+
+    ``batch`` holds ``image`` [B, H, W, C] in [-1, 1] (and ``label`` [B] when conditional);
+    ``key`` is the run's base key, folded with ``state.step`` inside.
+    """
+    d, tr = config.diffusion, config.training
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+        step_key = jax.random.fold_in(key, state.step)
+        loss_key, dropout_key, label_key = jax.random.split(step_key, 3)
+        labels = batch.get("label") if model.num_classes is not None else None
+        if labels is not None:
+            drop = jax.random.bernoulli(label_key, tr.label_dropout, labels.shape)
+            labels = jnp.where(drop, model.num_classes, labels)
+
+        def loss_fn(params):
+            denoise_fn = denoiser(model, params, labels, train=True, rngs={"dropout": dropout_key})
+            per_example = losses.training_loss(
+                denoise_fn, schedule, batch["image"], loss_key, target=d.target,
+                variance=d.variance, loss=d.loss, vlb_weight=d.vlb_weight)
+            return jnp.mean(per_example)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay_at(state.step, tr.ema_decay, tr.ema_warmup)
+        ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                  state.ema_params, params)
+        new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                               opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return train_step
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``data`` over ``devices`` (default: every device of every process)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+
+
+def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Raises a one-line error for settings that cannot run on ``mesh``."""
+    batch, devices = config.training.batch_size, mesh.size
+    if batch < 1 or batch % devices:
+        raise ValueError(f"training.batch_size={batch} must be a positive multiple of the "
+                         f"device count {devices}")
+    for name in ("num_steps", "log_every", "checkpoint_every"):
+        if config.training[name] < 1:
+            raise ValueError(f"training.{name} must be >= 1, got {config.training[name]}")
+    if config.training.sample_every < 0:
+        raise ValueError(f"training.sample_every must be >= 0, got {config.training.sample_every}")
+
+
+class _StopRequested:
+    """Records SIGINT / SIGTERM so the loop can checkpoint and return cleanly."""
+
+    def __init__(self):
+        self.signal = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        handler = lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name)
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals stay with the caller
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict,
+              **overrides) -> Callable:
+    """``fn(params, key, shape) -> images`` with the config's sampler settings; unjitted."""
+    s = {**config.sampling.to_dict(), **overrides}
+    return lambda params, key, shape, **kw: sampling.sample(
+        denoiser(model, params), schedule, key, shape, sampler=s["sampler"],
+        num_steps=s["num_steps"], eta=s["eta"], variance=config.diffusion.variance,
+        target=config.diffusion.target, clip_x0=s["clip_x0"], **kw)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       mesh: Mesh | None = None) -> TrainState:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
+
+    Writes ``config.json``, ``checkpoints/<step>``, ``metrics.jsonl``, ``tensorboard/`` and
+    ``previews/step_<n>.png`` (process 0 only, except the checkpoints, which every process
+    writes its share of). Returns the final state.
+
+    Raises:
+      FloatingPointError: the loss became non-finite; names the step and the last checkpoint,
+        which stays intact.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    validate(config, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    tr = config.training
+    source = input_pipeline.load_split(config.data.name, "train", data_dir=config.data.data_dir,
+                                       image_size=config.data.image_size)
+    image_shape = source.image_shape
+    model = make_model(config, image_shape)
+    schedule = make_schedule_from_config(config)
+    optimizer = make_optimizer(config)
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    key = jax.random.key(config.seed)
+    init_key, train_key, preview_key = jax.random.split(key, 3)
+
+    state = jax.jit(functools.partial(create_train_state, model, optimizer),
+                    static_argnums=1, out_shardings=replicated)(init_key, image_shape)
+    train_step = jax.jit(make_train_step(model, schedule, optimizer, config),
+                         in_shardings=(replicated, batch_sharding, replicated),
+                         out_shardings=(replicated, replicated), donate_argnums=0)
+    preview = jax.jit(sample_fn(model, schedule, config), static_argnums=2,
+                      out_shardings=replicated)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        with open(os.path.join(workdir, IMAGE_SHAPE_FILE), "w") as f:
+            json.dump(list(image_shape), f)
+
+    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tr.max_to_keep) as ckpt, \
+            _StopRequested().installed() as stop:
+        if ckpt.latest_step() is not None:
+            state = ckpt.restore(state)
+        start = int(state.step)
+        writer = MetricWriter(workdir)
+        batches = input_pipeline.train_iterator(
+            source, seed=config.seed, start_step=start, batch_size=tr.batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            random_flip=config.data.random_flip)
+        bar = tqdm(total=tr.num_steps, initial=start, disable=not is_chief, desc="train",
+                   dynamic_ncols=True)
+        last_time, last_step = time.perf_counter(), start
+        try:
+            for step in range(start + 1, tr.num_steps + 1):
+                local = next(batches)
+                batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+                         for k, v in local.items()}
+                state, metrics = train_step(state, batch, train_key)
+                metrics = jax.device_get(metrics)
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite loss {metrics['loss']} at step {step}; stopping. The last good "
+                        f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact")
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if step % tr.log_every == 0:
+                    now = time.perf_counter()
+                    metrics["steps_per_sec"] = (step - last_step) / (now - last_time)
+                    last_time, last_step = now, step
+                    writer.write(step, metrics)
+                if tr.sample_every and step % tr.sample_every == 0:
+                    images = preview(state.ema_params, jax.random.fold_in(preview_key, step),
+                                     (tr.num_preview_samples, *image_shape))
+                    if is_chief:
+                        os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
+                        visualize.save_png(os.path.join(workdir, "previews", f"step_{step}.png"),
+                                           visualize.make_grid(visualize.to_uint8(
+                                               np.asarray(images))))
+                if step % tr.checkpoint_every == 0 or step == tr.num_steps or stop.signal:
+                    ckpt.save(step, state)
+                if stop.signal:
+                    bar.write(f"{stop.signal}: saved step {step} to {ckpt.directory}; exiting")
+                    break
+        finally:
+            bar.close()
+            writer.close()
+            batches.close()
+    return state

@@ -1,0 +1,55 @@
+"""Samples from a trained DDPM: python sample.py --workdir runs/fmnist --out runs/fmnist/samples
+
+Writes samples.png (grid), samples.npz (uint8 images and float samples) and sample_settings.json;
+with --trajectory also reverse_process.gif and reverse_process.html (slider + play button).
+"""
+
+import os
+
+from ddpm_jax import xla_setup
+
+xla_setup.configure()
+
+from absl import app, flags, logging  # noqa: E402
+
+from ddpm_jax import distributed, generate, sampling, visualize  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
+flags.DEFINE_string("out", None, "Output directory (default: <workdir>/samples).")
+flags.DEFINE_integer("num_samples", 64, "Number of images.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_enum("params", "ema", list(generate.PARAMS), "EMA or raw parameters.")
+flags.DEFINE_integer("batch_size", None, "Images per sampler call (default: all).")
+flags.DEFINE_string("sampler", None, f"One of {list(sampling.SAMPLERS)} (default: the config's).")
+flags.DEFINE_integer("num_steps", None, "Sampling steps (default: all T).")
+flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
+flags.DEFINE_string("variance", None, "fixedlarge or fixedsmall (default: the config's).")
+flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (conditional models).")
+flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (conditional models).")
+flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
+flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.")
+flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
+    result = generate.generate(
+        FLAGS.workdir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
+        params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
+        num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
+        guidance_scale=FLAGS.guidance_scale,
+        labels=[int(x) for x in FLAGS.labels] if FLAGS.labels else None,
+        trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None, progress=True)
+    for path in generate.write_outputs(out, result, trajectory_samples=FLAGS.trajectory_samples):
+        print(path)
+
+
+if __name__ == "__main__":
+    app.run(main)

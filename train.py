@@ -1,0 +1,31 @@
+"""Trains a DDPM: python train.py --config configs/fashion_mnist.py --workdir runs/fmnist
+
+Overrides: --config.training.num_steps=2000 and so on. Re-running the same command resumes from
+the latest checkpoint in the workdir.
+"""
+
+from ddpm_jax import xla_setup
+
+xla_setup.configure()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ddpm_jax import distributed, train_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and previews.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    distributed.initialize_from_flags()
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
