@@ -5,6 +5,7 @@ with --trajectory also reverse_process.gif and reverse_process.html (slider + pl
 """
 
 import os
+import sys
 
 from ddpm_jax import xla_setup
 
@@ -40,13 +41,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
-    result = generate.generate(
-        FLAGS.workdir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
-        params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
-        num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
-        guidance_scale=FLAGS.guidance_scale,
-        labels=[int(x) for x in FLAGS.labels] if FLAGS.labels else None,
-        trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None, progress=True)
+    try:
+        result = generate.generate(
+            FLAGS.workdir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
+            params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
+            num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
+            guidance_scale=FLAGS.guidance_scale,
+            labels=[int(x) for x in FLAGS.labels] if FLAGS.labels else None,
+            trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None, progress=True)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"sample.py: error: {e}")
     for path in generate.write_outputs(out, result, trajectory_samples=FLAGS.trajectory_samples):
         print(path)
 

@@ -4,6 +4,8 @@ Overrides: --config.training.num_steps=2000 and so on. Re-running the same comma
 the latest checkpoint in the workdir.
 """
 
+import sys
+
 from ddpm_jax import xla_setup
 
 xla_setup.configure()
@@ -24,7 +26,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     distributed.initialize_from_flags()
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        sys.exit(f"train.py: error: {e}")
 
 
 if __name__ == "__main__":

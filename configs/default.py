@@ -9,6 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # any tfds image dataset
+    config.data.train_split = "train"  # tfds split; slices like "train[:10%]" work
     config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
     config.data.image_size = ml_collections.config_dict.placeholder(int)  # None: native size
     config.data.random_flip = True

@@ -5,6 +5,7 @@ from configs import fashion_mnist
 
 def get_config():
     config = fashion_mnist.get_config()
+    config.data.train_split = "train[:512]"
     config.model.base_channels = 8
     config.model.channel_mults = (1, 2)
     config.model.attn_resolutions = (14,)

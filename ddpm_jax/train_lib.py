@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     validate(config, mesh)
     os.makedirs(workdir, exist_ok=True)
     tr = config.training
-    source = input_pipeline.load_split(config.data.name, "train", data_dir=config.data.data_dir,
+    source = input_pipeline.load_split(config.data.name, config.data.train_split, data_dir=config.data.data_dir,
                                        image_size=config.data.image_size)
     image_shape = source.image_shape
     model = make_model(config, image_shape)

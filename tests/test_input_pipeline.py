@@ -274,17 +274,6 @@ def test_varying_image_sizes_need_image_size(tiny_tfds_dir):
 # Fashion-MNIST from Debian's files
 
 
-@pytest.fixture(scope="session")
-def fashion_dir(tmp_path_factory) -> pathlib.Path:
-    """A tfds data dir with Fashion-MNIST prepared from Debian's IDX files (~20 s)."""
-    if not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("needs Debian's dataset-fashion-mnist package")
-    data_dir = tmp_path_factory.mktemp("tfds")
-    builder = fashion_mnist.FashionMnistIdx(data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
-    return data_dir
-
-
 @pytest.mark.parametrize("split, size", [("train", 60_000), ("test", 10_000)])
 def test_fashion_mnist_holds_exactly_the_idx_examples(fashion_dir, split, size):
     source = ip.load_split("fashion_mnist", split, data_dir=fashion_dir)

@@ -1,0 +1,86 @@
+"""sample.py and ddpm_jax.generate on a checkpoint made by the tiny config in this session."""
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from ddpm_jax import generate
+
+
+@pytest.fixture(scope="module")
+def trained(trained_workdir):
+    return generate.load_workdir(str(trained_workdir))
+
+
+def test_load_workdir(trained, trained_workdir):
+    assert trained.step == 4 and trained.image_shape == (28, 28, 1)
+    assert generate.load_workdir(str(trained_workdir), step=2).step == 2
+
+
+def test_same_seed_same_samples_different_seed_different(trained):
+    a = generate.generate(trained, num_samples=8, seed=0)
+    b = generate.generate(trained, num_samples=8, seed=0)
+    c = generate.generate(trained, num_samples=8, seed=1)
+    assert a.images.shape == (8, 28, 28, 1) and a.images_uint8.dtype == np.uint8
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    raw = generate.generate(trained, num_samples=8, seed=0, params="raw")
+    assert not np.array_equal(a.images, raw.images)
+
+
+def test_ddim_batches_and_trajectory(trained):
+    s = generate.generate(trained, num_samples=10, seed=0, batch_size=8, sampler="ddim",
+                          num_steps=10, trajectory_every=5)
+    assert s.images.shape == (10, 28, 28, 1)
+    assert s.trajectory.x_t.shape == (2, 8, 28, 28, 1)
+    assert s.settings["sampler"] == "ddim" and s.settings["num_steps"] == 10
+
+
+@pytest.mark.slow
+def test_sample_cli_outputs(trained_workdir, tmp_path):
+    out = tmp_path / "samples"
+    args = ["sample.py", "--workdir", str(trained_workdir), "--num_samples", "8", "--seed", "3",
+            "--trajectory", "--trajectory_every", "5", "--trajectory_samples", "4"]
+    result = run_cli(*args, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    grid = Image.open(out / "samples.png")
+    assert grid.size == (3 * 30 + 2, 3 * 30 + 2)  # 8 images -> 3x3 grid of 28 px + 2 px padding
+    npz = np.load(out / "samples.npz")
+    assert npz["images"].shape == (8, 28, 28, 1) and npz["images"].dtype == np.uint8
+    assert npz["samples"].dtype == np.float32
+    settings = json.load(open(out / "sample_settings.json"))
+    assert settings["seed"] == 3 and settings["step"] == 4 and settings["params"] == "ema"
+    # T = 20 steps, a frame every 5 -> 4 frames, plus the final image.
+    gif = Image.open(out / "reverse_process.gif")
+    assert gif.n_frames == 5
+    html = (out / "reverse_process.html").read_text()
+    assert re.search(r'<input[^>]*type="range"[^>]*max="4"', html)
+    frames = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(frames) == 10
+    for frame in frames:
+        Image.open(io.BytesIO(base64.b64decode(frame))).verify()
+    again = run_cli(*args, "--out", str(tmp_path / "again"))
+    assert again.returncode == 0
+    assert (out / "samples.npz").read_bytes() == (tmp_path / "again" / "samples.npz").read_bytes()
+
+
+def test_bad_inputs(trained, trained_workdir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a training workdir: no config.json"):
+        generate.load_workdir(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 3 in .*available steps: \[2, 4\]"):
+        generate.load_workdir(str(trained_workdir), step=3)
+    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
+        generate.generate(trained, num_samples=0)
+    with pytest.raises(ValueError, match="unknown sampler 'ddnm'"):
+        generate.generate(trained, num_samples=1, sampler="ddnm")
+    with pytest.raises(ValueError, match="unknown params 'best'"):
+        generate.generate(trained, num_samples=1, params="best")
+    result = run_cli("sample.py", "--workdir", str(tmp_path / "missing"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("sample.py: error: ")

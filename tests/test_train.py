@@ -1,0 +1,155 @@
+"""Training: loss goes down, exact resume, device-count invariance, non-finite loss, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import test as test_config
+from ddpm_jax import input_pipeline, train_lib
+from ddpm_jax.checkpointing import Checkpointer
+
+from conftest import ROOT
+
+
+def make_config(fashion_dir, **training):
+    config = test_config.get_config()
+    config.data.data_dir = str(fashion_dir)
+    config.training.sample_every = 0
+    config.training.update(training)
+    return config
+
+
+@pytest.fixture(scope="module")
+def setup(fashion_dir):
+    """Model, schedule, optimizer, a first state and one fixed batch of the tiny config."""
+    config = make_config(fashion_dir)
+    model = train_lib.make_model(config, (28, 28, 1))
+    optimizer = train_lib.make_optimizer(config)
+    schedule = train_lib.make_schedule_from_config(config)
+    state = jax.jit(lambda k: train_lib.create_train_state(model, optimizer, k, (28, 28, 1)))(
+        jax.random.key(0))
+    source = input_pipeline.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
+    batch = input_pipeline.train_batch(source, seed=0, step=0, batch_size=8)
+    step = train_lib.make_train_step(model, schedule, optimizer, config)
+    return config, state, batch, step
+
+
+def _trees_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_loss_decreases_on_a_fixed_batch(setup):
+    config, state, batch, step = setup
+    step_fn = jax.jit(step)
+    losses = []
+    for _ in range(20):
+        # The same key every step: the same t and noise, so the loss is comparable.
+        state, metrics = step_fn(state.replace(step=jnp.zeros((), jnp.int32)), batch,
+                                 jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.85 * losses[0], losses
+    assert int(state.step) == 1
+
+
+def test_device_count_does_not_change_the_result(setup):
+    """8 devices with the batch sharded == 1 device on the same global batch and keys."""
+    _, state, batch, step = setup
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = train_lib.data_mesh(devices)
+        rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        fn = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep))
+        s = state
+        for _ in range(2):
+            s, metrics = fn(s, batch, jax.random.key(3))
+        results.append((s, metrics))
+    (s1, m1), (s8, m8) = results
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ema_warmup():
+    assert float(train_lib.ema_decay_at(jnp.array(0), 0.9999, True)) == pytest.approx(0.1)
+    assert float(train_lib.ema_decay_at(jnp.array(10**6), 0.9999, True)) == pytest.approx(0.9999)
+    assert float(train_lib.ema_decay_at(jnp.array(0), 0.9999, False)) == pytest.approx(0.9999)
+
+
+def test_resume_is_bit_identical(fashion_dir, tmp_path):
+    """4 steps straight == 2 steps, stop, resume to 4 (leaf by leaf, exact on CPU)."""
+    straight = train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=4),
+                                            str(tmp_path / "a"))
+    train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=2), str(tmp_path / "b"))
+    resumed = train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=4),
+                                           str(tmp_path / "b"))
+    assert int(resumed.step) == 4
+    assert _trees_equal(straight, resumed)
+    lines = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [l["step"] for l in lines] == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(fashion_dir, tmp_path, monkeypatch):
+    real_iterator = input_pipeline.train_iterator
+
+    def poisoned(source, *, start_step, **kw):
+        for step, batch in enumerate(real_iterator(source, start_step=start_step, **kw),
+                                     start_step + 1):
+            if step == 3:
+                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+            yield batch
+
+    monkeypatch.setattr(input_pipeline, "train_iterator", poisoned)
+    workdir = str(tmp_path / "nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3; stopping\. "
+                                                 r"The last good checkpoint \(step 2\)"):
+        train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=4), workdir)
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [2]
+
+
+def test_bad_batch_size(fashion_dir, tmp_path):
+    with pytest.raises(ValueError, match="batch_size=12 must be a positive multiple of the "
+                                         "device count 8"):
+        train_lib.train_and_evaluate(make_config(fashion_dir, batch_size=12), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_train_cli_writes_everything(trained_workdir):
+    w = trained_workdir
+    assert sorted(os.listdir(w / "checkpoints")) == ["2", "4"]
+    assert json.load(open(w / "config.json"))["model"]["base_channels"] == 8
+    assert [json.loads(l)["step"] for l in open(w / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(w / "tensorboard"))
+    from PIL import Image
+    assert Image.open(w / "previews" / "step_4.png").size == (62, 62)  # 2x2 grid of 28 + pad 2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(fashion_dir, tmp_path):
+    workdir = tmp_path / "term"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/test.py", "--workdir", str(workdir),
+         f"--config.data.data_dir={fashion_dir}", "--config.training.num_steps=100000",
+         "--config.training.checkpoint_every=100000", "--config.training.sample_every=0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.5)
+    proc.terminate()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
+    assert len(steps) == 1 and steps[0] >= 3
+    assert f"SIGTERM: saved step {steps[0]}" in out
