@@ -9,6 +9,14 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
+    """Shape, dtype and sharding to restore into; unsharded templates (``jax.eval_shape``) go
+    to the first local device, whatever devices wrote the checkpoint."""
+    sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(
+        jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
 class Checkpointer:
     """Saves and restores a pytree train state under ``directory/<step>``.
 
@@ -46,7 +54,7 @@ class Checkpointer:
         if step is None or step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available steps: {steps}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = jax.tree.map(_abstract_leaf, template)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:

@@ -18,6 +18,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds without a heartbeat after which the other processes stop "
+    "with an error instead of waiting for a dead peer.")
 
 
 def _from_env(value, name):
@@ -33,4 +36,5 @@ def initialize_from_flags() -> None:
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value,
         num_processes=_from_env(_NUM_PROCESSES.value, "JAX_NUM_PROCESSES"),
-        process_id=_from_env(_PROCESS_ID.value, "JAX_PROCESS_ID"))
+        process_id=_from_env(_PROCESS_ID.value, "JAX_PROCESS_ID"),
+        heartbeat_timeout_seconds=_HEARTBEAT.value)

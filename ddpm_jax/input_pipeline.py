@@ -244,18 +244,6 @@ def to_model_range(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
-def from_model_range(x: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
-    """Maps the model's range back to uint8 pixels, rounding and clipping.
-
-    Args:
-        x: float [...] in [-1, 1], numpy or JAX (also under ``jax.jit``).
-
-    Returns:
-        uint8 [...]; the inverse of ``to_model_range``.
-    """
-    return ((x + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-
-
 def _process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
     """This process's rows [p*B/P, (p+1)*B/P) of a global batch, validated."""
     if batch_size < 1:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -183,6 +184,17 @@ def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict
         target=config.diffusion.target, clip_x0=s["clip_x0"], **kw)
 
 
+def load_training_split(config: ml_collections.ConfigDict) -> input_pipeline.ImageSource:
+    """The training split; process 0 prepares the dataset while the others wait for it."""
+    load = functools.partial(input_pipeline.load_split, config.data.name, config.data.train_split,
+                             data_dir=config.data.data_dir, image_size=config.data.image_size)
+    if jax.process_count() == 1:
+        return load()
+    source = load() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("training data prepared")
+    return load() if source is None else source
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh: Mesh | None = None) -> TrainState:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
@@ -199,8 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     validate(config, mesh)
     os.makedirs(workdir, exist_ok=True)
     tr = config.training
-    source = input_pipeline.load_split(config.data.name, config.data.train_split, data_dir=config.data.data_dir,
-                                       image_size=config.data.image_size)
+    source = load_training_split(config)
     image_shape = source.image_shape
     model = make_model(config, image_shape)
     schedule = make_schedule_from_config(config)
@@ -210,13 +221,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     key = jax.random.key(config.seed)
     init_key, train_key, preview_key = jax.random.split(key, 3)
 
-    state = jax.jit(functools.partial(create_train_state, model, optimizer),
-                    static_argnums=1, out_shardings=replicated)(init_key, image_shape)
-    train_step = jax.jit(make_train_step(model, schedule, optimizer, config),
-                         in_shardings=(replicated, batch_sharding, replicated),
+    # Keys are closed over rather than passed: every process holds the same constant, so no
+    # host-local array enters a program that spans several processes.
+    state = jax.jit(lambda: create_train_state(model, optimizer, init_key, image_shape),
+                    out_shardings=replicated)()
+    step_fn = make_train_step(model, schedule, optimizer, config)
+    train_step = jax.jit(lambda state, batch: step_fn(state, batch, train_key),
+                         in_shardings=(replicated, batch_sharding),
                          out_shardings=(replicated, replicated), donate_argnums=0)
-    preview = jax.jit(sample_fn(model, schedule, config), static_argnums=2,
-                      out_shardings=replicated)
+    draw = sample_fn(model, schedule, config)
+    preview_shape = (tr.num_preview_samples, *image_shape)
+    preview = jax.jit(lambda params, step: draw(params, jax.random.fold_in(preview_key, step),
+                                                preview_shape), out_shardings=replicated)
     is_chief = jax.process_index() == 0
     if is_chief:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -242,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 local = next(batches)
                 batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                          for k, v in local.items()}
-                state, metrics = train_step(state, batch, train_key)
+                state, metrics = train_step(state, batch)
                 metrics = jax.device_get(metrics)
                 if not np.isfinite(metrics["loss"]):
                     raise FloatingPointError(
@@ -256,8 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     last_time, last_step = now, step
                     writer.write(step, metrics)
                 if tr.sample_every and step % tr.sample_every == 0:
-                    images = preview(state.ema_params, jax.random.fold_in(preview_key, step),
-                                     (tr.num_preview_samples, *image_shape))
+                    images = preview(state.ema_params, step)
                     if is_chief:
                         os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
                         visualize.save_png(os.path.join(workdir, "previews", f"step_{step}.png"),
