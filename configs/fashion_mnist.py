@@ -14,9 +14,9 @@ def get_config():
     config.model.dropout = 0.0
     config.model.num_groups = 8
     config.training.batch_size = 32
-    config.training.num_steps = 800
+    config.training.num_steps = 1000
     config.training.log_every = 50
-    config.training.checkpoint_every = 200
+    config.training.checkpoint_every = 250
     config.training.sample_every = 0  # no previews during the demo; sample.py runs after
     config.training.num_preview_samples = 16
     config.training.ema_decay = 0.995
