@@ -13,7 +13,7 @@ xla_setup.configure()
 
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import distributed, generate, sampling, visualize  # noqa: E402
+from ddpm_jax import distributed, generate, sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")

@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
