@@ -21,7 +21,7 @@ $(FASHION_MNIST):
 
 demo: $(VENV)/.installed-test data
 	$(PY) train.py --config configs/fashion_mnist.py --workdir $(DEMO_DIR)
-	$(PY) sample.py --workdir $(DEMO_DIR) --num_samples 64 --trajectory
+	$(PY) sample.py --workdir $(DEMO_DIR) --num_samples 36 --trajectory
 
 test: $(VENV)/.installed-test data
 	$(PY) -m pytest -q --durations=15 || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests"; exit $$rc; }
