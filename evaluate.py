@@ -1,0 +1,169 @@
+r"""Evaluates a trained DDPM: bits/dim, FID and KID, written to a JSON file.
+
+    python evaluate.py --train_classifier --dataset fashion_mnist \
+        --classifier runs/classifier_fmnist.msgpack
+    python evaluate.py --workdir runs/fmnist --metrics bpd,fid,floor \
+        --classifier runs/classifier_fmnist.msgpack --bpd_examples 1000 --num_samples 1000
+
+``bpd``: the full variational bound on --bpd_split. ``fid``: FID / KID of --num_samples samples
+against --reference_split, on the classifier's features. ``floor``: the same for the first
+--num_samples real images of --floor_split, the best a model can do at that sample count.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+
+from ddpm_jax import xla_setup
+
+xla_setup.configure()
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from ddpm_jax import distributed, evaluation, generate, input_pipeline  # noqa: E402
+
+METRICS = ("bpd", "fid", "floor")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (needed for bpd and fid).")
+flags.DEFINE_list("metrics", ["bpd", "fid"], f"Any of {list(METRICS)}.")
+flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/metrics.json).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_enum("params", "ema", list(generate.PARAMS), "EMA or raw parameters.")
+flags.DEFINE_string("dataset", None, "tfds dataset (default: the run's).")
+flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's).")
+flags.DEFINE_integer("seed", 0, "Seed of the bound's noise, the samples and the KID subsets.")
+# Bits/dim.
+flags.DEFINE_string("bpd_split", "test", "Split for bits/dim.")
+flags.DEFINE_integer("bpd_examples", None, "Evaluate the first N images (default: all).")
+flags.DEFINE_integer("bpd_batch_size", 64, "Global batch size of the bound.")
+# FID / KID.
+flags.DEFINE_string("classifier", None, "Feature classifier file (written by --train_classifier).")
+flags.DEFINE_integer("num_samples", 1000, "Generated (and, for floor, real) images.")
+flags.DEFINE_integer("sample_batch_size", 256, "Images per sampler call, a multiple of the "
+                     "device count.")
+flags.DEFINE_string("sampler", None, "ddpm or ddim (default: the run's config).")
+flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config).")
+flags.DEFINE_float("eta", None, "DDIM eta (default: the run's config).")
+flags.DEFINE_string("reference_split", "test", "Real images the samples are compared with.")
+flags.DEFINE_string("floor_split", "train", "Real images compared with the reference for floor.")
+flags.DEFINE_string("reference_cache", None,
+                    "Reference statistics .npz (default: beside the classifier, named after the "
+                    "dataset and split); recomputed when its provenance differs.")
+flags.DEFINE_integer("kid_subsets", 100, "KID subset pairs.")
+flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size.")
+# Classifier training.
+flags.DEFINE_bool("train_classifier", False, "Train the feature classifier and save it.")
+flags.DEFINE_integer("classifier_steps", 1000, "Classifier training steps.")
+flags.DEFINE_integer("classifier_batch_size", 128, "Classifier batch size.")
+flags.DEFINE_string("classifier_train_split", "train", "Classifier training split.")
+flags.DEFINE_string("classifier_test_split", "test", "Split for the classifier's accuracy.")
+
+
+def _timed(fn, *args, **kwargs) -> dict:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return {**result, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def train_classifier() -> dict:
+    """Trains and saves the classifier; returns its info."""
+    if not (FLAGS.dataset and FLAGS.classifier):
+        raise ValueError("--train_classifier needs --dataset and --classifier (the output file)")
+    load = lambda split: input_pipeline.load_split(FLAGS.dataset, split, data_dir=FLAGS.data_dir)
+    train, test = load(FLAGS.classifier_train_split), load(FLAGS.classifier_test_split)
+    params, accuracy = evaluation.train_classifier(
+        train, test, steps=FLAGS.classifier_steps, batch_size=FLAGS.classifier_batch_size,
+        seed=FLAGS.seed)
+    provenance = dict(dataset=FLAGS.dataset, train_split=FLAGS.classifier_train_split,
+                      test_split=FLAGS.classifier_test_split, steps=FLAGS.classifier_steps,
+                      batch_size=FLAGS.classifier_batch_size, seed=FLAGS.seed,
+                      test_accuracy=accuracy)
+    if jax.process_index() == 0:
+        evaluation.save_classifier(FLAGS.classifier, params, image_shape=train.image_shape,
+                                   num_classes=train.num_classes, provenance=provenance)
+    return {"classifier": FLAGS.classifier, **provenance}
+
+
+def evaluate() -> dict:
+    """Computes the requested metrics; returns them with their provenance."""
+    unknown = sorted(set(FLAGS.metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; expected any of {list(METRICS)}")
+    needs_run = {"bpd", "fid"} & set(FLAGS.metrics)
+    if needs_run and not FLAGS.workdir:
+        raise ValueError(f"metrics {sorted(needs_run)} need --workdir")
+    trained = generate.load_workdir(FLAGS.workdir, step=FLAGS.step) if FLAGS.workdir else None
+    dataset = FLAGS.dataset or (trained.config.data.name if trained else None)
+    data_dir = FLAGS.data_dir or (trained.config.data.data_dir if trained else None)
+    if not dataset:
+        raise ValueError("--dataset is needed without --workdir")
+    results = {"dataset": dataset}
+    if trained:
+        results.update(workdir=os.path.abspath(FLAGS.workdir), step=trained.step)
+    if "bpd" in FLAGS.metrics:
+        source = input_pipeline.load_split(dataset, FLAGS.bpd_split, data_dir=data_dir,
+                                           keep_in_memory=False)
+        results["bpd"] = {"split": FLAGS.bpd_split, **_timed(
+            evaluation.bits_per_dim, trained, source, params=FLAGS.params,
+            batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed)}
+    if {"fid", "floor"} & set(FLAGS.metrics):
+        if not FLAGS.classifier:
+            raise ValueError("fid and floor need --classifier (train one with --train_classifier)")
+        extractor, info = evaluation.load_classifier(FLAGS.classifier)
+        results["feature_network"] = {"name": extractor.name, "file": FLAGS.classifier, **info}
+        split_tag = re.sub(r"[^\w.-]+", "_", FLAGS.reference_split).strip("_")
+        cache = FLAGS.reference_cache or (
+            f"{os.path.splitext(FLAGS.classifier)[0]}.{dataset}.{split_tag}.reference.npz")
+        reference = evaluation.reference_statistics(
+            extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir,
+            cache=cache)
+        kid = dict(kid_subsets=FLAGS.kid_subsets, kid_subset_size=FLAGS.kid_subset_size,
+                   seed=FLAGS.seed)
+    if "fid" in FLAGS.metrics:
+        results["fid"] = _timed(
+            evaluation.fid_kid, trained, num_samples=FLAGS.num_samples, reference=reference,
+            feature_extractor=extractor, params=FLAGS.params,
+            batch_size=FLAGS.sample_batch_size, sampler=FLAGS.sampler,
+            num_steps=FLAGS.num_steps, eta=FLAGS.eta, **kid)
+    if "floor" in FLAGS.metrics:
+        def floor():
+            real = input_pipeline.load_split(dataset, FLAGS.floor_split, data_dir=data_dir,
+                                             keep_in_memory=False)
+            features = evaluation.split_features(extractor, real, num_examples=FLAGS.num_samples)
+            return {"split": FLAGS.floor_split,
+                    **evaluation.compare_features(features, reference, **kid)}
+        results["floor"] = _timed(floor)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()
+    try:
+        if FLAGS.train_classifier:
+            results = _timed(train_classifier)
+            out = FLAGS.out
+        else:
+            if not (FLAGS.out or FLAGS.workdir):
+                raise ValueError("--out is needed without --workdir")
+            results = evaluate()
+            out = FLAGS.out or os.path.join(FLAGS.workdir, "metrics.json")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"evaluate.py: error: {e}")
+    text = json.dumps(results, indent=2)
+    if jax.process_index() == 0:
+        if out:
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            with open(out, "w") as f:
+                f.write(text + "\n")
+        print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
