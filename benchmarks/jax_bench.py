@@ -1,0 +1,149 @@
+"""Job: one U-Net configuration in JAX: training step, forward pass and sampler.
+
+Run by ``run.py`` as ``python benchmarks/jax_bench.py PARAMS_JSON OUT_PATH`` under the XLA
+flags being compared. Imports neither ``train_lib`` nor ``input_pipeline`` (they need
+tensorflow-datasets and ml_collections, which the GPU machine lacks), so the training step is
+assembled here from the same library pieces as ``train_lib.make_train_step``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from common import (EMA_DECAY, GRAD_CLIP, LEARNING_RATE, NUM_TIMESTEPS, job_main,
+                    median_seconds, timed, unet_fields)
+from ddpm_jax import losses, sampling
+from ddpm_jax.models import UNet
+from ddpm_jax.schedules import Schedule, make_schedule
+
+
+def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTransformation):
+    """``step(state, x0, key) -> (state, loss)`` with ``state = (params, ema_params, opt_state)``.
+
+    The work of ``train_lib.make_train_step`` with its default config: L_simple with eps target,
+    dropout, clipped Adam and the EMA update.
+    """
+    def train_step(state, x0, key):
+        params, ema_params, opt_state = state
+        loss_key, dropout_key = jax.random.split(key)
+
+        def loss_fn(p):
+            denoise_fn = lambda x, t: model.apply({"params": p}, x, t, train=True,
+                                                  rngs={"dropout": dropout_key})
+            return jnp.mean(losses.training_loss(denoise_fn, schedule, x0, loss_key))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema_params = optax.incremental_update(params, ema_params, 1.0 - EMA_DECAY)
+        return (params, ema_params, opt_state), loss
+
+    return train_step
+
+
+def compile_timed(fn: Callable, *args, donate_argnums=()) -> tuple[Any, float, float]:
+    """(compiled ``jax.jit(fn)`` for ``args``, trace+compile seconds, XLA's flop count)."""
+    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+    compiled, seconds = timed(lambda: jitted.lower(*args).compile())
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    return compiled, seconds, float((cost or {}).get("flops", math.nan))
+
+
+def matmul_gflops(size: int, dtype: jnp.dtype, *, repeats: int) -> float:
+    """Achieved GFLOP/s of a [size, size] @ [size, size] matmul in ``dtype``: the peak we compare
+    against."""
+    a, b = jax.random.normal(jax.random.key(0), (2, size, size), dtype)
+    matmul = jax.jit(jnp.matmul)
+    seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), warmup=2,
+                             repeats=repeats)
+    return 2 * size ** 3 / seconds / 1e9
+
+
+class Setup(NamedTuple):
+    """A model with its parameters, a batch and everything a training step needs."""
+
+    model: UNet
+    schedule: Schedule
+    optimizer: optax.GradientTransformation
+    params: Any
+    x0: jax.Array  # [B, H, W, C] in [-1, 1]
+    t: jax.Array  # [B] timesteps
+    key: jax.Array
+
+    def train_state(self):
+        """(params, ema_params, opt_state), with no buffer shared, so it can be donated."""
+        return self.params, jax.tree.map(jnp.copy, self.params), self.optimizer.init(self.params)
+
+
+def setup(config: str, batch_size: int, dtype: str) -> Setup:
+    """The model ``config`` of ``common.MODELS`` computing in ``dtype``, and a random batch."""
+    image_shape, fields = unet_fields(config)
+    model = UNet(**fields, dtype=jnp.dtype(dtype))
+    key = jax.random.key(0)
+    x0 = jax.random.uniform(key, (batch_size, *image_shape), minval=-1.0, maxval=1.0)
+    t = jnp.full((batch_size,), NUM_TIMESTEPS // 2)
+    params = jax.jit(model.init)(key, x0[:1], t[:1])["params"]
+    optimizer = optax.chain(optax.clip_by_global_norm(GRAD_CLIP), optax.adam(LEARNING_RATE))
+    return Setup(model, make_schedule("linear", NUM_TIMESTEPS), optimizer, params, x0, t, key)
+
+
+def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: int,
+            sample_steps: int, sample_repeats: int, compile_timesteps: list[int],
+            peak_size: int) -> dict[str, Any]:
+    """Every JAX measurement of one configuration; times in seconds."""
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times must be real
+    s = setup(config, batch_size, dtype)
+    model, params, x0, t, key = s.model, s.params, s.x0, s.t, s.key
+    r: dict[str, Any] = dict(
+        backend=jax.default_backend(), device=jax.devices()[0].device_kind,
+        params=sum(p.size for p in jax.tree.leaves(params)))
+    r["peak_gflops"] = matmul_gflops(peak_size, jnp.dtype(dtype), repeats=repeats)
+
+    train_step, r["train_compile_s"], flop = compile_timed(
+        make_train_step(model, s.schedule, s.optimizer), s.train_state(), x0, key,
+        donate_argnums=0)
+    holder = [s.train_state()]
+
+    def run_train_step():
+        holder[0], loss = train_step(holder[0], x0, key)
+        jax.block_until_ready((holder[0], loss))
+
+    r["train_step_s"] = median_seconds(run_train_step, warmup=warmup, repeats=repeats)
+    r["train_gflops"] = flop / r["train_step_s"] / 1e9
+    params = holder.pop()[0]
+
+    forward = lambda p, x, t: model.apply({"params": p}, x, t)
+    forward, r["forward_compile_s"], flop = compile_timed(forward, params, x0, t)
+    r["forward_s"] = median_seconds(lambda: forward(params, x0, t).block_until_ready(),
+                                    warmup=warmup, repeats=repeats)
+    r["forward_gflops"] = flop / r["forward_s"] / 1e9
+
+    def sampler(num_timesteps: int) -> Callable:
+        """The full ancestral chain of a ``num_timesteps`` schedule (the cost of any T-step
+        sampler: respacing changes only the schedule's values)."""
+        schedule = make_schedule("linear", num_timesteps)
+        return lambda p, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t),
+                                            schedule, k, x0.shape)
+
+    samplers, r["sampler_compile_s"] = {}, {}
+    for T in sorted({*compile_timesteps, sample_steps}):
+        samplers[T], r["sampler_compile_s"][str(T)], _ = compile_timed(sampler(T), params, key)
+    run_sampler = lambda: samplers[sample_steps](params, key).block_until_ready()
+    r["sampler_s"] = median_seconds(run_sampler, warmup=1, repeats=sample_repeats)
+    r["sampler_overhead"] = r["sampler_s"] / (sample_steps * r["forward_s"])
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        r["peak_device_gb"] = stats["peak_bytes_in_use"] / 1e9
+    return r
+
+
+if __name__ == "__main__":
+    job_main(measure)

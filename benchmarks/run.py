@@ -1,0 +1,223 @@
+"""ddpm_jax benchmarks: training step, forward pass, sampler, compile times, memory, input pipeline.
+
+    python benchmarks/run.py                                  # CPU suite: small and cifar10
+    python benchmarks/run.py --configs small --repeats 3 --compare diffusers
+    python benchmarks/run.py --suite gpu --json bench_gpu.json  # Ho's CIFAR-10 model, batch 128
+
+Each configuration (model x compute dtype x XLA_FLAGS variant) runs in its own process
+(``jax_bench.py``), so flags and compile caches cannot leak between them; times are medians of
+``--repeats`` runs after ``--warmup`` runs. Prints markdown tables and writes JSON.
+
+Columns: ``train GFLOP/s`` is XLA's flop count of the compiled step over its time, and ``% peak``
+compares it with a square matmul in the same dtype and process (``--peak_size``). ``sampler
+overhead`` is the wall time of the ancestral sampler's T-step chain (T = ``--sample_steps``) over
+T x one forward call (1.0: the scan costs nothing beyond its denoiser calls). ``x diffusers`` is
+our images/s over diffusers' (``--compare diffusers``: same architecture and parameter count,
+PyTorch on every core). Where the step's time goes: ``profile_step.py``. Checks of this code:
+``python -m pytest benchmarks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from common import MODELS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="  # ddpm_jax.xla_setup.CPU_FLAGS
+
+# Per-suite defaults; every one can be overridden by the flag of the same name. The timed sampler
+# is short where the forward pass is slow (cifar10 on CPU) or time is tight (the GPU suite, which
+# must finish in 420 s); a T in compile_timesteps costs no extra compile.
+SUITES: dict[str, dict[str, Any]] = {
+    "cpu": dict(configs=["small", "cifar10"], batch_size={"tiny": 8, "small": 64, "cifar10": 16},
+                dtypes=["float32"], xla_flags=["", YNN_OFF], repeats=5, warmup=2,
+                sample_steps={"tiny": 100, "small": 100, "cifar10": 20}, sample_repeats=2,
+                compile_timesteps=[10, 1000], peak_size=2048, timeout=None),
+    "gpu": dict(configs=["cifar10"], batch_size=128, dtypes=["float32", "bfloat16"],
+                xla_flags=[""], repeats=10, warmup=3, sample_steps=10, sample_repeats=5,
+                compile_timesteps=[10, 1000], peak_size=8192, timeout=200),
+}
+PER_CONFIG = ("batch_size", "sample_steps")  # an int flag applies to every config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    csv = lambda s: [x for x in s.split(",") if x]
+    p.add_argument("--suite", choices=sorted(SUITES), default="cpu")
+    p.add_argument("--configs", type=csv, help="comma-separated: tiny, small, cifar10")
+    p.add_argument("--batch_size", type=int, help="for every config (default: per config)")
+    p.add_argument("--dtypes", type=csv, help="UNet compute dtypes, e.g. float32,bfloat16")
+    p.add_argument("--xla_flags", action="append",
+                   help="an XLA_FLAGS value to compare, replacing the environment's "
+                        "(repeatable; '' for none)")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--sample_steps", type=int,
+                   help="T of the sampler chain timed (default: per config)")
+    p.add_argument("--sample_repeats", type=int)
+    p.add_argument("--compile_timesteps", type=lambda s: [int(x) for x in csv(s)],
+                   help="schedule lengths T whose full-chain sampler compile time is measured")
+    p.add_argument("--peak_size", type=int, help="side of the matmul giving the peak GFLOP/s")
+    p.add_argument("--timeout", type=float, help="seconds allowed per job")
+    p.add_argument("--compare", choices=["diffusers"], help="also time diffusers' UNet2DModel")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    for name, default in SUITES[args.suite].items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    for name in PER_CONFIG:
+        if isinstance(getattr(args, name), int):
+            setattr(args, name, dict.fromkeys(MODELS, getattr(args, name)))
+    unknown = sorted(set(args.configs) - set(MODELS))
+    if unknown:
+        p.error(f"unknown configs {unknown}; expected some of {sorted(MODELS)}")
+    return args
+
+
+def run_job(script: str, params: dict[str, Any], *, xla_flags: str = "",
+            timeout: float | None = None) -> dict[str, Any]:
+    """Runs one job process; returns its result, or ``{"error": ...}`` if it failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env["XLA_FLAGS"] = xla_flags
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    label = " ".join(str(params[k]) for k in ("config", "batch_size", "dtype") if k in params)
+    print(f"  {script} {label} XLA_FLAGS={xla_flags!r} ...", end="", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, os.path.join(HERE, script), json.dumps(params), out]
+        try:
+            proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
+            error = None if proc.returncode == 0 else proc.stderr[-3000:]
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {timeout} s"
+        if not error:
+            with open(out) as f:
+                result = json.load(f)
+    print(f" {time.perf_counter() - start:.0f} s{' FAILED' if error else ''}", flush=True)
+    if error:
+        print(error, file=sys.stderr)
+        return {"error": error}
+    return result
+
+
+def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Runs every job in order, appending to ``report["results"]`` (and saving it) as it goes."""
+    installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
+    has_tfds, compare = installed("tensorflow_datasets"), args.compare
+    if compare and not installed("torch", "diffusers"):
+        print("torch or diffusers is not installed (pip install -e '.[bench]'): "
+              "skipping the diffusers comparison")
+        compare = None
+    jobs = []
+    for config in args.configs:
+        batch = args.batch_size[config]
+        for dtype in args.dtypes:
+            for flags in args.xla_flags:
+                jobs.append(("jax", flags, dict(
+                    config=config, batch_size=batch, dtype=dtype, repeats=args.repeats,
+                    warmup=args.warmup, sample_steps=args.sample_steps[config],
+                    sample_repeats=args.sample_repeats,
+                    compile_timesteps=args.compile_timesteps, peak_size=args.peak_size)))
+        if compare:
+            jobs.append(("torch", "", dict(config=config, batch_size=batch,
+                                           repeats=args.repeats, warmup=args.warmup)))
+        if has_tfds:
+            jobs.append(("pipeline", "", dict(config=config, batch_size=batch, repeats=50)))
+    if not has_tfds:
+        print("tensorflow_datasets is not installed: skipping the input pipeline")
+    for kind, flags, params in jobs:
+        result = run_job(f"{kind}_bench.py", params, xla_flags=flags, timeout=args.timeout)
+        report["results"].append({"kind": kind, "xla_flags": flags, **params, **result})
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """(markdown tables, problems found: failed jobs, parameter-count mismatches)."""
+    problems = [f"{r['kind']} {r['config']} {r.get('dtype', '')} {r['xla_flags']!r}: failed"
+                for r in results if r.get("error")]
+    ok = [r for r in results if not r.get("error")]
+    torch = {r["config"]: r for r in ok if r["kind"] == "torch"}
+    rows, compile_rows = [], []
+    for r in (r for r in ok if r["kind"] == "jax"):
+        b, theirs = r["batch_size"], torch.get(r["config"])
+        vs = lambda ours, key: fmt(theirs[key] / ours) if theirs else "-"
+        rows.append([r["config"], b, r["dtype"], f"`{r['xla_flags']}`" if r["xla_flags"] else "",
+                     fmt(1 / r["train_step_s"], 3), fmt(b / r["train_step_s"], 1),
+                     f"{r['train_gflops']:.0f} ({100 * r['train_gflops'] / r['peak_gflops']:.0f}%)",
+                     fmt(b / r["forward_s"], 1), f"{r['sampler_s']:.1f} ({r['sample_steps']})",
+                     fmt(r["sampler_overhead"], 3), vs(r["train_step_s"], "train_step_s"),
+                     vs(r["forward_s"], "forward_s"), fmt(r["peak_host_gb"]),
+                     fmt(r.get("peak_device_gb"))])
+        sampler = [r["sampler_compile_s"][str(T)] for T in r["compile_timesteps"]]
+        compile_rows.append([r["config"], r["dtype"], rows[-1][3], fmt(r["train_compile_s"], 1),
+                             fmt(r["forward_compile_s"], 1), *(fmt(s, 1) for s in sampler),
+                             fmt(sampler[-1] / sampler[0])])
+    for config, r in torch.items():
+        b = r["batch_size"]
+        rows.append([config, b, "float32", f"diffusers, torch {r['torch']}, {r['threads']} threads",
+                     fmt(1 / r["train_step_s"], 3), fmt(b / r["train_step_s"], 1), "-",
+                     fmt(b / r["forward_s"], 1), "-", "-", "-", "-",
+                     fmt(r["peak_host_gb"]), "-"])
+        ours = {j["params"] for j in ok if j["kind"] == "jax" and j["config"] == config}
+        for n in ours:
+            line = f"{config} parameters: ddpm_jax {n:,}, diffusers {r['params']:,}"
+            print(line)
+            if abs(n - r["params"]) > 0.01 * r["params"]:
+                problems.append(line + " (differ by more than 1%)")
+    header = ["config", "batch", "dtype", "XLA_FLAGS", "train steps/s", "train img/s",
+              "train GFLOP/s (% peak)", "forward img/s", "sampler s (steps)", "sampler overhead",
+              "train x diffusers", "forward x diffusers", "peak host GB", "peak device GB"]
+    out = [markdown(header, rows)]
+    if compile_rows:
+        timesteps = next(r for r in ok if r["kind"] == "jax")["compile_timesteps"]
+        out.append(markdown(["config", "dtype", "XLA_FLAGS", "compile s: train", "forward",
+                             *(f"sampler T={t}" for t in timesteps),
+                             f"T={timesteps[-1]} / T={timesteps[0]}"], compile_rows))
+    pipeline = [[r["config"], r["batch_size"], fmt(r["batch_size"] / r["batch_s"], 0)]
+                for r in ok if r["kind"] == "pipeline"]
+    if pipeline:
+        out.append(markdown(["config", "batch", "input pipeline img/s (ArraySource, flips)"],
+                            pipeline))
+    return "\n\n".join(out), problems
+
+
+def markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = dict(suite=args.suite, argv=sys.argv, machine=platform.platform(),
+                  cpus=len(os.sched_getaffinity(0)), args=vars(args), results=[])
+    start = time.perf_counter()
+    print(f"ddpm_jax benchmarks, suite {args.suite}, on {report['cpus']} CPUs")
+    run_all(args, report)
+    text, problems = tables(report["results"])
+    print(f"\n{text}\n\ntotal {time.perf_counter() - start:.0f} s")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

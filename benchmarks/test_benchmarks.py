@@ -1,0 +1,80 @@
+"""Fast checks of the benchmark code: python -m pytest -q benchmarks (no timing, no compiling)."""
+
+import pytest
+
+import run  # pytest puts this directory on sys.path
+from common import MODELS, unet_fields
+from profile_step import attribute, op_names
+
+
+@pytest.mark.parametrize("config", sorted(MODELS))
+def test_diffusers_model_has_our_parameter_count(config):
+    pytest.importorskip("diffusers")
+    import jax
+    import jax.numpy as jnp
+    from ddpm_jax.models import UNet
+    from torch_bench import diffusers_unet
+
+    image_shape, fields = unet_fields(config)
+    shapes = jax.eval_shape(UNet(**fields).init, jax.random.key(0),
+                            jnp.zeros((1, *image_shape)), jnp.zeros((1,), jnp.int32))
+    ours = sum(x.size for x in jax.tree.leaves(shapes))
+    theirs = sum(p.numel() for p in diffusers_unet(config)[0].parameters())
+    assert ours == theirs
+    if config == "cifar10":
+        assert ours == 35_746_307  # Ho et al.'s model
+
+
+def test_suite_defaults_cover_every_config():
+    for suite in run.SUITES:
+        args = run.parse_args(["--suite", suite, "--configs", ",".join(MODELS)])
+        assert set(args.batch_size) >= set(MODELS) and set(args.sample_steps) >= set(MODELS)
+
+
+def test_unknown_config_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--configs", "cifar100"])
+    assert "unknown configs ['cifar100']" in capsys.readouterr().err
+
+
+def test_tables_report_ratios_and_parameter_mismatches():
+    jax_row = dict(kind="jax", config="small", batch_size=64, dtype="float32", xla_flags="",
+                   params=1000, train_step_s=0.5, train_gflops=10.0, peak_gflops=100.0,
+                   forward_s=0.1, sample_steps=100, sampler_s=10.5, sampler_overhead=1.05,
+                   compile_timesteps=[10, 1000],
+                   train_compile_s=20.0, forward_compile_s=5.0,
+                   sampler_compile_s={"10": 4.0, "100": 4.5, "1000": 5.0}, peak_host_gb=1.0)
+    torch_row = dict(kind="torch", config="small", batch_size=64, xla_flags="", params=1000,
+                     torch="2.x", threads=2, train_step_s=1.0, forward_s=0.3, peak_host_gb=1.0)
+    text, problems = run.tables([jax_row, torch_row])
+    assert problems == []
+    assert "| 2.00 | 3.00 |" in text  # ours over theirs: train, forward
+    assert "| 1.25 |" in text  # sampler compile T=1000 / T=10
+    _, problems = run.tables([jax_row, dict(torch_row, params=1200)])
+    assert problems and "differ by more than 1%" in problems[0]
+    _, problems = run.tables([jax_row, dict(kind="jax", config="cifar10", xla_flags="x",
+                                            error="boom")])
+    assert problems and "failed" in problems[0]
+
+
+@pytest.mark.parametrize("op_name, expected", [
+    ("jit(train_step)/jvp(UNet)/ResBlock_0/Conv_0/conv_general_dilated",
+     ("forward", "convolution")),
+    ("jit(train_step)/transpose(jvp(UNet))/ResBlock_5/GroupNormSwish_1/GroupNorm_0/reduce_sum",
+     ("backward", "GroupNorm")),
+    ("jit(train_step)/jvp(UNet)/mid_attn/bij,bjc->bic/dot_general",
+     ("forward", "attention (QK^T, softmax, AV)")),
+    ("jit(train_step)/jvp(UNet)/AttnBlock_0/q/dot_general", ("forward", "attention projections")),
+    ("jit(train_step)/mul", ("update", "loss, optimizer, EMA")),
+    ("", ("", "(no metadata: layout copies)")),
+])
+def test_attribute(op_name, expected):
+    assert attribute(op_name) == expected
+
+
+def test_op_names_reads_hlo_metadata():
+    hlo = ('  %conv.1 = f32[2]{0} convolution(%a, %b), metadata={op_type="conv" '
+           'op_name="jit(f)/jvp(UNet)/Conv_0/conv_general_dilated"}\n'
+           '  ROOT %copy.2 = f32[2]{0} copy(%conv.1)\n')
+    assert op_names(hlo) == {"conv.1": "jit(f)/jvp(UNet)/Conv_0/conv_general_dilated",
+                             "copy.2": ""}

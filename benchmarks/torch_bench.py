@@ -1,0 +1,76 @@
+"""Job: the same U-Net as diffusers' ``UNet2DModel`` in PyTorch (CPU), for ``--compare diffusers``.
+
+Run by ``run.py`` as ``python benchmarks/torch_bench.py PARAMS_JSON OUT_PATH``. The model has
+Ho et al.'s layout (as in google/ddpm-cifar10-32): one attention head, stride-2 convolutions
+without padding, sinusoidal embedding without the cos/sin flip. The step does the work of
+``jax_bench.make_train_step``: L_simple, backward, clipped Adam and the EMA update.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from common import (EMA_DECAY, GRAD_CLIP, LEARNING_RATE, NUM_TIMESTEPS, job_main,
+                    median_seconds, unet_fields)
+
+
+def diffusers_unet(config: str) -> tuple[UNet2DModel, tuple[int, int, int]]:
+    """(``UNet2DModel`` with the architecture of ``common.MODELS[config]``, image shape HWC)."""
+    image_shape, f = unet_fields(config)
+    size, _, channels = image_shape
+    attention = [size // 2 ** level in f["attn_resolutions"]
+                 for level in range(len(f["channel_mults"]))]
+    model = UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(f["base_channels"] * m for m in f["channel_mults"]),
+        layers_per_block=f["num_res_blocks"],
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in attention[::-1]),
+        norm_num_groups=f["num_groups"], norm_eps=1e-6, dropout=f["dropout"],
+        attention_head_dim=None, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1)
+    return model, image_shape
+
+
+def measure(*, config: str, batch_size: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Training-step and forward times (seconds) of the diffusers model, float32 NCHW."""
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, (height, width, channels) = diffusers_unet(config)
+    scheduler = DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    ema = [p.detach().clone() for p in model.parameters()]
+    x0 = torch.rand(batch_size, channels, height, width) * 2 - 1
+
+    def train_step():
+        model.train()
+        t = torch.randint(0, NUM_TIMESTEPS, (batch_size,))
+        noise = torch.randn_like(x0)
+        loss = torch.mean((model(scheduler.add_noise(x0, noise, t), t).sample - noise) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        with torch.no_grad():
+            for e, p in zip(ema, model.parameters()):
+                e.lerp_(p, 1.0 - EMA_DECAY)
+
+    t = torch.full((batch_size,), NUM_TIMESTEPS // 2)
+
+    @torch.no_grad()
+    def forward():
+        model.eval()
+        model(x0, t)
+
+    return dict(torch=torch.__version__, threads=threads,
+                params=sum(p.numel() for p in model.parameters()),
+                train_step_s=median_seconds(train_step, warmup=warmup, repeats=repeats),
+                forward_s=median_seconds(forward, warmup=warmup, repeats=repeats))
+
+
+if __name__ == "__main__":
+    job_main(measure)
