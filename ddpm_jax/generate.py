@@ -77,7 +77,7 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
              variance: str | None = None, guidance_scale: float | None = None,
              labels: list[int] | None = None, trajectory_every: int | None = None,
              progress: bool = False) -> Samples:
-    """Samples ``num_samples`` images from a workdir's checkpoint, sharded over local devices.
+    """Samples ``num_samples`` images from a workdir's checkpoint, batch by batch.
 
     Args:
       workdir: a training workdir, or a ``Trained`` from ``load_workdir``.
