@@ -23,7 +23,7 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import distributed, evaluation, generate, input_pipeline  # noqa: E402
+from ddpm_jax import distributed, evaluation, generate, inception, input_pipeline  # noqa: E402
 
 METRICS = ("bpd", "fid", "floor")
 
@@ -42,6 +42,10 @@ flags.DEFINE_integer("bpd_examples", None, "Evaluate the first N images (default
 flags.DEFINE_integer("bpd_batch_size", 64, "Global batch size of the bound.")
 # FID / KID.
 flags.DEFINE_string("classifier", None, "Feature classifier file (written by --train_classifier).")
+flags.DEFINE_string("inception_weights", None,
+                    "InceptionV3 weights (pytorch-fid's .pth, or .npz): pool3 features instead of "
+                    "the classifier's.")
+flags.DEFINE_integer("feature_batch_size", 200, "Images per feature-network call.")
 flags.DEFINE_integer("num_samples", 1000, "Generated (and, for floor, real) images.")
 flags.DEFINE_integer("sample_batch_size", 256, "Images per sampler call, a multiple of the "
                      "device count.")
@@ -111,13 +115,20 @@ def evaluate() -> dict:
             evaluation.bits_per_dim, trained, source, params=FLAGS.params,
             batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed)}
     if {"fid", "floor"} & set(FLAGS.metrics):
-        if not FLAGS.classifier:
-            raise ValueError("fid and floor need --classifier (train one with --train_classifier)")
-        extractor, info = evaluation.load_classifier(FLAGS.classifier)
-        results["feature_network"] = {"name": extractor.name, "file": FLAGS.classifier, **info}
+        if FLAGS.inception_weights:
+            extractor, info = inception.load_inception(
+                FLAGS.inception_weights, batch_size=FLAGS.feature_batch_size), {}
+        elif FLAGS.classifier:
+            extractor, info = evaluation.load_classifier(
+                FLAGS.classifier, batch_size=FLAGS.feature_batch_size)
+        else:
+            raise ValueError("fid and floor need --classifier (train one with --train_classifier) "
+                             "or --inception_weights")
+        weights = FLAGS.inception_weights or FLAGS.classifier
+        results["feature_network"] = {"name": extractor.name, "file": weights, **info}
         split_tag = re.sub(r"[^\w.-]+", "_", FLAGS.reference_split).strip("_")
         cache = FLAGS.reference_cache or (
-            f"{os.path.splitext(FLAGS.classifier)[0]}.{dataset}.{split_tag}.reference.npz")
+            f"{os.path.splitext(weights)[0]}.{dataset}.{split_tag}.reference.npz")
         reference = evaluation.reference_statistics(
             extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir,
             cache=cache)
@@ -154,7 +165,7 @@ def main(argv):
                 raise ValueError("--out is needed without --workdir")
             results = evaluate()
             out = FLAGS.out or os.path.join(FLAGS.workdir, "metrics.json")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     text = json.dumps(results, indent=2)
     if jax.process_index() == 0:

@@ -11,6 +11,7 @@ from ddpm_jax import xla_setup
 
 xla_setup.configure()
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import distributed, generate, sampling  # noqa: E402
@@ -48,11 +49,14 @@ def main(argv):
             num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
             guidance_scale=FLAGS.guidance_scale,
             labels=[int(x) for x in FLAGS.labels] if FLAGS.labels else None,
-            trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None, progress=True)
+            trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None,
+            progress=jax.process_index() == 0)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"sample.py: error: {e}")
-    for path in generate.write_outputs(out, result, trajectory_samples=FLAGS.trajectory_samples):
-        print(path)
+    if jax.process_index() == 0:
+        for path in generate.write_outputs(out, result,
+                                           trajectory_samples=FLAGS.trajectory_samples):
+            print(path)
 
 
 if __name__ == "__main__":

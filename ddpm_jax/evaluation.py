@@ -8,7 +8,7 @@ variance, no clipping) over D ln 2, averaged over a split. FID and KID compare f
 generated and real images. The features come from any ``FeatureExtractor``; the one built in is
 the penultimate layer of a small CNN classifier trained on the dataset (``train_classifier``),
 which suits MNIST-like data. Its numbers are not comparable to Inception-based FIDs in papers;
-for those, wrap your own InceptionV3 in a ``FeatureFunction``.
+for those, ``inception.load_inception`` reads your copy of pytorch-fid's InceptionV3 weights.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def bound_on_split(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], p
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     run = jax.jit(per_batch, in_shardings=(replicated, sharded, sharded, replicated, replicated),
                   out_shardings=replicated)
-    params = jax.device_put(params, replicated)
+    params = train_lib.replicate(params, mesh)
     key = jax.random.key(seed)
     totals, sums = [], {}
     for offset, batch in _leading_batches(source, n, batch_size=batch_size,
@@ -275,10 +275,7 @@ class FeatureExtractor(Protocol):
 class FeatureFunction:
     """A ``FeatureExtractor`` from any function, applied in fixed-size batches.
 
-    The last batch is padded to ``batch_size``, so a jitted ``fn`` compiles once. To use
-    InceptionV3 pool3 features, pass your own network here, e.g.
-    ``FeatureFunction("inception_v3_pool3 (my weights)", my_inception_fn)``; ddpm_jax does not
-    ship Inception weights.
+    The last batch is padded to ``batch_size``, so a jitted ``fn`` compiles once.
 
     Attributes:
       name: what the features are, including the weights' identity.
@@ -424,7 +421,7 @@ def split_features(extractor: FeatureExtractor, source: ImageSource, *,
     """Features [N, F] of (the first ``num_examples`` of) a split of real images."""
     n = _num_examples(source, num_examples)
     parts = [extractor(batch["image"])[batch["mask"]]
-             for _, batch in _leading_batches(source, n, batch_size=batch_size)]
+             for _, batch in _leading_batches(source, n, batch_size=min(batch_size, n))]
     return np.concatenate(parts)[:n]
 
 

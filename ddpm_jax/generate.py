@@ -14,7 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from ddpm_jax import sampling, train_lib, visualize
@@ -76,8 +77,12 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
              num_steps: int | None = None, eta: float | None = None,
              variance: str | None = None, guidance_scale: float | None = None,
              labels: list[int] | None = None, trajectory_every: int | None = None,
-             progress: bool = False) -> Samples:
+             progress: bool = False, mesh: Mesh | None = None) -> Samples:
     """Samples ``num_samples`` images from a workdir's checkpoint, batch by batch.
+
+    Each batch is sharded over the mesh's ``data`` axis. With several processes, every process
+    calls ``generate`` with the same arguments; each computes its devices' share of every batch
+    and all of them receive all the images.
 
     Args:
       workdir: a training workdir, or a ``Trained`` from ``load_workdir``.
@@ -85,13 +90,16 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
       seed: sampling seed; the same seed, checkpoint and settings give identical images.
       step: checkpoint step (default: latest).
       params: ``'ema'`` (default) or ``'raw'`` parameters.
-      batch_size: images per sampler call (default: all at once); a multiple of the device count.
+      batch_size: images per sampler call (default: all at once, rounded up to a multiple of
+        the mesh size); a multiple of the mesh size.
       sampler, num_steps, eta: override the run's ``config.sampling``.
       variance: ``'fixedlarge'`` / ``'fixedsmall'`` (default: the training config's).
       guidance_scale: classifier-free guidance scale for conditional models (default 1).
       labels: class labels for conditional models, cycled over the samples (default 0, 1, ...).
       trajectory_every: also record the reverse process of the first batch every k steps.
       progress: show a progress bar over timesteps.
+      mesh: a mesh with a ``data`` axis (default: every device of every process). The images do
+        not depend on it beyond float rounding.
     """
     trained = workdir if isinstance(workdir, Trained) else load_workdir(workdir, step=step)
     config, model = trained.config, trained.model
@@ -99,18 +107,17 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if params not in PARAMS:
         raise ValueError(f"unknown params {params!r}; expected one of {list(PARAMS)}")
-    devices = jax.local_device_count()
-    batch_size = batch_size or math.ceil(num_samples / devices) * devices
-    if batch_size % devices:
-        raise ValueError(f"batch_size={batch_size} must be a multiple of the local device count "
-                         f"{devices}")
+    mesh = train_lib.data_mesh() if mesh is None else mesh
+    batch_size = batch_size or math.ceil(num_samples / mesh.size) * mesh.size
+    if batch_size < 1 or batch_size % mesh.size:
+        raise ValueError(f"batch_size={batch_size} must be a positive multiple of the device "
+                         f"count {mesh.size}")
     settings = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps, eta=eta).items()
                 if v is not None}
     s = {**config.sampling.to_dict(), **settings,
          "variance": variance or config.diffusion.variance}
     sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"])  # validates
-    mesh = train_lib.data_mesh(jax.local_devices())
-    chosen = trained.ema_params if params == "ema" else trained.params
+    chosen = train_lib.replicate(trained.ema_params if params == "ema" else trained.params, mesh)
     image_shape = trained.image_shape
     num_batches = math.ceil(num_samples / batch_size)
     all_labels = None
@@ -123,6 +130,8 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
     steps = len(sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"]))
     bar = tqdm(total=steps * num_batches, desc="sample", disable=not progress, dynamic_ncols=True)
 
+    sharded = NamedSharding(mesh, P("data"))
+
     def run(p, key, batch_labels, with_trajectory):
         if batch_labels is None:
             denoise_fn = train_lib.denoiser(model, p)
@@ -130,26 +139,27 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
             denoise_fn = sampling.classifier_free_guidance(
                 lambda x, t, y: model.apply({"params": p}, x, t, y), batch_labels,
                 null_label=model.num_classes, guidance_scale=guidance_scale or 1.0)
+        sharded_fn = lambda x, t: denoise_fn(jax.lax.with_sharding_constraint(x, sharded), t)
         return sampling.sample(
-            denoise_fn, trained.schedule, key, (batch_size, *image_shape), sampler=s["sampler"],
+            sharded_fn, trained.schedule, key, (batch_size, *image_shape), sampler=s["sampler"],
             num_steps=s["num_steps"], eta=s["eta"], target=config.diffusion.target,
             variance=s["variance"], clip_x0=s["clip_x0"],
             trajectory_every=trajectory_every if with_trajectory else None,
             progress=(lambda i: bar.update(1)) if progress else None)
 
-    sharded = NamedSharding(mesh, P("data"))
-    run_jit = jax.jit(run, static_argnums=3, out_shardings=None)
+    run_jit = jax.jit(run, static_argnums=3)
+    gather = lambda tree: multihost_utils.process_allgather(tree, tiled=True)
     outputs, trajectory = [], None
     base_key = jax.random.key(seed)
     for b in range(num_batches):
-        batch_labels = None if all_labels is None else jax.device_put(
-            all_labels[b * batch_size:(b + 1) * batch_size], sharded)
+        batch_labels = None if all_labels is None else jax.make_array_from_process_local_data(
+            NamedSharding(mesh, P()), all_labels[b * batch_size:(b + 1) * batch_size])
         out = run_jit(chosen, jax.random.fold_in(base_key, b), batch_labels,
                       b == 0 and trajectory_every is not None)
         if isinstance(out, tuple):
             out, trajectory = out
-            trajectory = jax.tree.map(np.asarray, trajectory)
-        outputs.append(np.asarray(out))
+            trajectory = gather(trajectory)
+        outputs.append(gather(out))
     bar.close()
     images = np.concatenate(outputs)[:num_samples]
     settings = dict(workdir=os.path.abspath(workdir) if isinstance(workdir, str) else None,

@@ -17,6 +17,7 @@ Fashion-MNIST, the offline default, is prepared on first use by
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -29,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import weakref
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -563,6 +565,18 @@ def _prepare(builder: tfds.core.DatasetBuilder, *, fix: str) -> None:
         ) from err
 
 
+@contextlib.contextmanager
+def _process_zero_first(what: str) -> Iterator[None]:
+    """Runs the block on process 0 before the other processes run it (a no-op for one process);
+    every process must enter it."""
+    first = jax.process_index() == 0
+    if jax.process_count() > 1 and not first:
+        multihost_utils.sync_global_devices(what)
+    yield
+    if jax.process_count() > 1 and first:
+        multihost_utils.sync_global_devices(what)
+
+
 def load_split(
     name: str = "fashion_mnist",
     split: str = "train",
@@ -573,6 +587,9 @@ def load_split(
     fashion_mnist_dir: os.PathLike[str] | str = DEBIAN_DIR,
 ) -> ImageSource:
     """Opens one split of a tfds image dataset, preparing the dataset on first use.
+
+    With several processes every process calls it; process 0 prepares the dataset while the
+    others wait.
 
     Args:
         name: a key of ``KNOWN_DATASETS``, or any tfds dataset with its images under 'image'
@@ -589,10 +606,11 @@ def load_split(
     Returns:
         The split, yielding images of shape ``image_shape``.
     """
-    builder, fix = _builder(name, data_dir, fashion_mnist_dir)
-    spec = KNOWN_DATASETS.get(name) or _spec_from_features(name, builder.info.features)
-    spec = dataclasses.replace(spec, image_shape=_output_shape(name, spec, image_size))
-    _prepare(builder, fix=fix)
+    with _process_zero_first(f"dataset {name} prepared"):
+        builder, fix = _builder(name, data_dir, fashion_mnist_dir)
+        spec = KNOWN_DATASETS.get(name) or _spec_from_features(name, builder.info.features)
+        spec = dataclasses.replace(spec, image_shape=_output_shape(name, spec, image_size))
+        _prepare(builder, fix=fix)
     try:
         records = builder.as_data_source(split=split)
     except ValueError as err:

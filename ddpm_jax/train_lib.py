@@ -10,7 +10,6 @@ devices draw the same t or noise and the result does not depend on the device co
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -23,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -141,6 +139,14 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """A copy of ``tree`` on every device of ``mesh``, which may span processes; every process
+    passes the same values."""
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
+
+
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """Raises a one-line error for settings that cannot run on ``mesh``."""
     batch, devices = config.training.batch_size, mesh.size
@@ -184,17 +190,6 @@ def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict
         target=config.diffusion.target, clip_x0=s["clip_x0"], **kw)
 
 
-def load_training_split(config: ml_collections.ConfigDict) -> input_pipeline.ImageSource:
-    """The training split; process 0 prepares the dataset while the others wait for it."""
-    load = functools.partial(input_pipeline.load_split, config.data.name, config.data.train_split,
-                             data_dir=config.data.data_dir, image_size=config.data.image_size)
-    if jax.process_count() == 1:
-        return load()
-    source = load() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("training data prepared")
-    return load() if source is None else source
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh: Mesh | None = None) -> TrainState:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
@@ -211,7 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     validate(config, mesh)
     os.makedirs(workdir, exist_ok=True)
     tr = config.training
-    source = load_training_split(config)
+    source = input_pipeline.load_split(config.data.name, config.data.train_split,
+                                       data_dir=config.data.data_dir,
+                                       image_size=config.data.image_size)
     image_shape = source.image_shape
     model = make_model(config, image_shape)
     schedule = make_schedule_from_config(config)

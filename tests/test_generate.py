@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from ddpm_jax import generate
+import jax
+
+from ddpm_jax import generate, train_lib
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,17 @@ def test_ddim_batches_and_trajectory(trained):
     assert s.images.shape == (10, 28, 28, 1)
     assert s.trajectory.x_t.shape == (2, 8, 28, 28, 1)
     assert s.settings["sampler"] == "ddim" and s.settings["num_steps"] == 10
+
+
+def test_batches_are_sharded_over_devices_without_changing_the_images(trained):
+    """The default mesh spans the 8 simulated devices; one device gives the same images."""
+    eight = generate.generate(trained, num_samples=8, seed=0, sampler="ddim", num_steps=5)
+    one = generate.generate(trained, num_samples=8, seed=0, sampler="ddim", num_steps=5,
+                            mesh=train_lib.data_mesh(jax.devices()[:1]))
+    np.testing.assert_allclose(eight.images, one.images, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size=4 must be a positive multiple of the "
+                                         "device count 8"):
+        generate.generate(trained, num_samples=8, batch_size=4)
 
 
 @pytest.mark.slow

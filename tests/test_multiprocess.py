@@ -1,5 +1,7 @@
-"""Two local processes on JAX's distributed runtime (gloo over 127.0.0.1) train like one."""
+"""Two local processes on JAX's distributed runtime (gloo over 127.0.0.1) train, sample and
+evaluate like one."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import pytest
 import jax
 
 from conftest import ROOT
-from ddpm_jax import generate
+from ddpm_jax import evaluation, generate, input_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +25,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(workdir, fashion_dir, *, devices, process_id=None, num_processes=None, port=None,
-           extra=()):
+def training(workdir, fashion_dir, *extra):
+    return ["train.py", "--config", "configs/test.py", "--workdir", str(workdir),
+            f"--config.data.data_dir={fashion_dir}", "--config.training.sample_every=0", *extra]
+
+
+def launch(args, *, devices, process_id=None, num_processes=None, port=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
                         "--xla_backend_optimization_level=0"}
-    args = [sys.executable, "train.py", "--config", "configs/test.py", "--workdir", str(workdir),
-            f"--config.data.data_dir={fashion_dir}", "--config.training.sample_every=0", *extra]
+    args = [sys.executable, *args]
     if process_id is not None:
         args += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                  f"--process_id={process_id}", "--heartbeat_timeout=10"]
@@ -37,18 +42,22 @@ def launch(workdir, fashion_dir, *, devices, process_id=None, num_processes=None
                             stderr=subprocess.PIPE, text=True)
 
 
+def two_processes(args):
+    port = free_port()
+    return [launch(args, devices=2, process_id=i, num_processes=2, port=port) for i in range(2)]
+
+
 def finish(procs, timeout=400):
     outputs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
 
 
 def test_two_processes_match_one_process_with_as_many_devices(fashion_dir, tmp_path):
     """2 processes x 2 devices vs 1 process x 4 devices: same global batch, seed and params."""
-    port = free_port()
-    finish([launch(tmp_path / "multi", fashion_dir, devices=2, process_id=i, num_processes=2,
-                   port=port) for i in range(2)])
-    finish([launch(tmp_path / "single", fashion_dir, devices=4)])
+    finish(two_processes(training(tmp_path / "multi", fashion_dir)))
+    finish([launch(training(tmp_path / "single", fashion_dir), devices=4)])
     multi = generate.load_workdir(str(tmp_path / "multi"))
     single = generate.load_workdir(str(tmp_path / "single"))
     assert multi.step == single.step == 4
@@ -58,12 +67,37 @@ def test_two_processes_match_one_process_with_as_many_devices(fashion_dir, tmp_p
     assert len(lines) == 4  # only process 0 writes logs
 
 
+def test_two_processes_sample_and_evaluate_like_one(trained_workdir, fashion_dir, tmp_path):
+    """sample.py and evaluate.py split each batch over 2 processes x 2 devices; process 0 writes
+    what this process (8 devices) computes alone."""
+    out = tmp_path / "samples"
+    printed = finish(two_processes(
+        ["sample.py", "--workdir", str(trained_workdir), "--out", str(out), "--num_samples", "8",
+         "--seed", "5", "--sampler", "ddim", "--num_steps", "5"]))
+    paths = [[line for line in out_text.splitlines() if line.startswith("/")]
+             for out_text in printed]
+    assert paths == [[str(out / n) for n in ("samples.png", "samples.npz",
+                                             "sample_settings.json")], []]  # process 0 writes
+    trained = generate.load_workdir(str(trained_workdir))
+    alone = generate.generate(trained, num_samples=8, seed=5, sampler="ddim", num_steps=5)
+    np.testing.assert_allclose(np.load(out / "samples.npz")["samples"], alone.images, atol=1e-5)
+
+    metrics = tmp_path / "metrics.json"
+    finish(two_processes(
+        ["evaluate.py", "--workdir", str(trained_workdir), "--metrics", "bpd", "--out",
+         str(metrics), "--bpd_examples", "12", "--bpd_batch_size", "8"]))
+    test_split = input_pipeline.load_split("fashion_mnist", "test", data_dir=fashion_dir)
+    expected = evaluation.bits_per_dim(trained, test_split, batch_size=8, num_examples=12)
+    bpd = json.loads(metrics.read_text())["bpd"]
+    assert bpd["num_examples"] == 12
+    np.testing.assert_allclose(bpd["bpd"], expected["bpd"], rtol=1e-5)
+    np.testing.assert_allclose(bpd["bpd_stderr"], expected["bpd_stderr"], rtol=1e-4)
+
+
 def test_killed_peer_fails_fast_and_both_resume(fashion_dir, tmp_path):
     workdir = tmp_path / "kill"
-    port = free_port()
-    long_run = ["--config.training.num_steps=1000", "--config.training.checkpoint_every=2"]
-    procs = [launch(workdir, fashion_dir, devices=2, process_id=i, num_processes=2, port=port,
-                    extra=long_run) for i in range(2)]
+    procs = two_processes(training(workdir, fashion_dir, "--config.training.num_steps=1000",
+                                   "--config.training.checkpoint_every=2"))
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "2").exists():
         if time.time() > deadline or procs[0].poll() is not None:
@@ -79,8 +113,6 @@ def test_killed_peer_fails_fast_and_both_resume(fashion_dir, tmp_path):
     for p in procs:
         p.wait()
     resumed_from = max(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-    port = free_port()
-    finish([launch(workdir, fashion_dir, devices=2, process_id=i, num_processes=2, port=port,
-                   extra=["--config.training.num_steps=" + str(resumed_from + 2)])
-            for i in range(2)])
+    finish(two_processes(training(workdir, fashion_dir,
+                                  f"--config.training.num_steps={resumed_from + 2}")))
     assert generate.load_workdir(str(workdir)).step == resumed_from + 2
