@@ -18,6 +18,10 @@ os.environ["XLA_FLAGS"] = " ".join([
     "--xla_backend_optimization_level=0",
 ]).strip()
 
+from ddpm_jax import xla_setup  # noqa: E402  (imports no JAX backend)
+
+xla_setup.configure()  # the CLIs' flags, so in-process runs compile like the CLI subprocesses
+
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import test as test_config
-from ddpm_jax import input_pipeline, train_lib
+from ddpm_jax import generate, input_pipeline, train_lib
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT
@@ -84,17 +85,17 @@ def test_ema_warmup():
     assert float(train_lib.ema_decay_at(jnp.array(0), 0.9999, False)) == pytest.approx(0.9999)
 
 
-def test_resume_is_bit_identical(fashion_dir, tmp_path):
-    """4 steps straight == 2 steps, stop, resume to 4 (leaf by leaf, exact on CPU)."""
-    straight = train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=4),
-                                            str(tmp_path / "a"))
-    train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=2), str(tmp_path / "b"))
-    resumed = train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=4),
-                                           str(tmp_path / "b"))
+def test_resume_is_bit_identical(trained_workdir, fashion_dir, tmp_path):
+    """train.py's 4 straight steps == its step-2 checkpoint resumed to 4 (leaf by leaf, exact)."""
+    workdir = tmp_path / "resumed"
+    shutil.copytree(trained_workdir, workdir, ignore=shutil.ignore_patterns("4", "*.jsonl"))
+    resumed = train_lib.train_and_evaluate(make_config(fashion_dir, num_steps=4), str(workdir))
     assert int(resumed.step) == 4
-    assert _trees_equal(straight, resumed)
-    lines = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
-    assert [l["step"] for l in lines] == [1, 2, 3, 4]
+    straight = generate.load_workdir(str(trained_workdir))
+    assert _trees_equal((straight.params, straight.ema_params),
+                        (resumed.params, resumed.ema_params))
+    lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    assert [l["step"] for l in lines] == [3, 4]
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(fashion_dir, tmp_path, monkeypatch):

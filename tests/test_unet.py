@@ -38,7 +38,7 @@ def test_output_shape_jit_grad_finite(shape):
     assert out.shape == shape and out.dtype == jnp.float32
     assert np.all(np.isfinite(out))
     loss = lambda p: jnp.mean(model.apply(p, x, t, train=True, rngs={"dropout": jax.random.key(3)}) ** 2)
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
