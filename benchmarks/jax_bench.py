@@ -9,6 +9,7 @@ assembled here from the same library pieces as ``train_lib.make_train_step``.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -135,9 +136,17 @@ def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: i
     samplers, r["sampler_compile_s"] = {}, {}
     for T in sorted({*compile_timesteps, sample_steps}):
         samplers[T], r["sampler_compile_s"][str(T)], _ = compile_timed(sampler(T), params, key)
+    # The chain and T separate forward calls alternate, so a change in the machine's load between
+    # the two measurements does not show up as overhead.
     run_sampler = lambda: samplers[sample_steps](params, key).block_until_ready()
-    r["sampler_s"] = median_seconds(run_sampler, warmup=1, repeats=sample_repeats)
-    r["sampler_overhead"] = r["sampler_s"] / (sample_steps * r["forward_s"])
+    run_forwards = lambda: [forward(params, x0, t).block_until_ready()
+                            for _ in range(sample_steps)]
+    run_sampler()
+    chain, forwards = zip(*[(median_seconds(run_sampler, warmup=0, repeats=1),
+                             median_seconds(run_forwards, warmup=0, repeats=1))
+                            for _ in range(sample_repeats)])
+    r["sampler_s"] = statistics.median(chain)
+    r["sampler_overhead"] = r["sampler_s"] / statistics.median(forwards)
 
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:

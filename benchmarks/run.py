@@ -11,7 +11,8 @@ Each configuration (model x compute dtype x XLA_FLAGS variant) runs in its own p
 Columns: ``train GFLOP/s`` is XLA's flop count of the compiled step over its time, and ``% peak``
 compares it with a square matmul in the same dtype and process (``--peak_size``). ``sampler
 overhead`` is the wall time of the ancestral sampler's T-step chain (T = ``--sample_steps``) over
-T x one forward call (1.0: the scan costs nothing beyond its denoiser calls). ``x diffusers`` is
+that of T separate jitted forward calls, the two alternated ``--sample_repeats`` times (1.0: the
+scan costs nothing beyond its denoiser calls). ``x diffusers`` is
 our images/s over diffusers' (``--compare diffusers``: same architecture and parameter count,
 PyTorch on every core). Where the step's time goes: ``profile_step.py``. Checks of this code:
 ``python -m pytest benchmarks``.
@@ -42,7 +43,7 @@ YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="  # ddpm_jax.xla_setup.CPU_FL
 SUITES: dict[str, dict[str, Any]] = {
     "cpu": dict(configs=["small", "cifar10"], batch_size={"tiny": 8, "small": 64, "cifar10": 16},
                 dtypes=["float32"], xla_flags=["", YNN_OFF], repeats=5, warmup=2,
-                sample_steps={"tiny": 100, "small": 100, "cifar10": 20}, sample_repeats=2,
+                sample_steps={"tiny": 100, "small": 100, "cifar10": 20}, sample_repeats=3,
                 compile_timesteps=[10, 1000], peak_size=2048, timeout=None),
     "gpu": dict(configs=["cifar10"], batch_size=128, dtypes=["float32", "bfloat16"],
                 xla_flags=[""], repeats=10, warmup=3, sample_steps=10, sample_repeats=5,
