@@ -568,13 +568,16 @@ def _prepare(builder: tfds.core.DatasetBuilder, *, fix: str) -> None:
 @contextlib.contextmanager
 def _process_zero_first(what: str) -> Iterator[None]:
     """Runs the block on process 0 before the other processes run it (a no-op for one process);
-    every process must enter it."""
+    every process must enter it. Process 0 releases the others even when its block raises, so
+    they meet the same error instead of waiting."""
     first = jax.process_index() == 0
     if jax.process_count() > 1 and not first:
         multihost_utils.sync_global_devices(what)
-    yield
-    if jax.process_count() > 1 and first:
-        multihost_utils.sync_global_devices(what)
+    try:
+        yield
+    finally:
+        if jax.process_count() > 1 and first:
+            multihost_utils.sync_global_devices(what)
 
 
 def load_split(
