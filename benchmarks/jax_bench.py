@@ -141,10 +141,11 @@ def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: i
     run_sampler = lambda: samplers[sample_steps](params, key).block_until_ready()
     run_forwards = lambda: [forward(params, x0, t).block_until_ready()
                             for _ in range(sample_steps)]
-    run_sampler()
-    chain, forwards = zip(*[(median_seconds(run_sampler, warmup=0, repeats=1),
-                             median_seconds(run_forwards, warmup=0, repeats=1))
-                            for _ in range(sample_repeats)])
+    run_sampler()  # warm-up
+    chain, forwards = [], []
+    for _ in range(sample_repeats):
+        chain.append(timed(run_sampler)[1])
+        forwards.append(timed(run_forwards)[1])
     r["sampler_s"] = statistics.median(chain)
     r["sampler_overhead"] = r["sampler_s"] / statistics.median(forwards)
 

@@ -5,13 +5,12 @@ import io
 import json
 import re
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import run_cli
-import jax
-
 from ddpm_jax import generate, train_lib
 
 
