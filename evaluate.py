@@ -4,10 +4,12 @@ r"""Evaluates a trained DDPM: bits/dim, FID and KID, written to a JSON file.
         --classifier runs/classifier_fmnist.msgpack
     python evaluate.py --workdir runs/fmnist --metrics bpd,fid,floor \
         --classifier runs/classifier_fmnist.msgpack --bpd_examples 1000 --num_samples 1000
+    python evaluate.py --workdir runs/cifar10 --metrics fid \
+        --inception_weights pt_inception-2015-12-05-6726825d.pth --num_samples 50000
 
 ``bpd``: the full variational bound on --bpd_split. ``fid``: FID / KID of --num_samples samples
-against --reference_split, on the classifier's features. ``floor``: the same for the first
---num_samples real images of --floor_split, the best a model can do at that sample count.
+against --reference_split, on the classifier's (or InceptionV3's) features. ``floor``: the same
+for the first --num_samples real images of --floor_split, the best a model can do at that count.
 """
 
 import json
