@@ -145,12 +145,6 @@ def bound_on_split(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], p
     }
 
 
-def _params(trained: generate.Trained, params: str) -> Any:
-    if params not in generate.PARAMS:
-        raise ValueError(f"unknown params {params!r}; expected one of {list(generate.PARAMS)}")
-    return trained.ema_params if params == "ema" else trained.params
-
-
 def bits_per_dim(trained: generate.Trained, source: ImageSource, *, params: str = "ema",
                  batch_size: int, num_examples: int | None = None, seed: int = 0,
                  mesh: Mesh | None = None, num_t_bins: int = 10) -> dict[str, Any]:
@@ -168,7 +162,7 @@ def bits_per_dim(trained: generate.Trained, source: ImageSource, *, params: str 
     Returns:
       ``bound_on_split``'s dict plus ``step`` and ``params``.
     """
-    chosen = _params(trained, params)
+    chosen = trained.chosen_params(params)
     if tuple(source.image_shape) != tuple(trained.image_shape):
         raise ValueError(f"the split's images have shape {tuple(source.image_shape)} but the "
                          f"model was trained on {tuple(trained.image_shape)}")

@@ -38,6 +38,12 @@ class Trained:
     params: Any
     ema_params: Any
 
+    def chosen_params(self, params: str) -> Any:
+        """The ``'ema'`` or ``'raw'`` parameter set."""
+        if params not in PARAMS:
+            raise ValueError(f"unknown params {params!r}; expected one of {list(PARAMS)}")
+        return self.ema_params if params == "ema" else self.params
+
 
 def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
@@ -105,8 +111,7 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
     config, model = trained.config, trained.model
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if params not in PARAMS:
-        raise ValueError(f"unknown params {params!r}; expected one of {list(PARAMS)}")
+    chosen = trained.chosen_params(params)
     mesh = train_lib.data_mesh() if mesh is None else mesh
     batch_size = batch_size or math.ceil(num_samples / mesh.size) * mesh.size
     if batch_size < 1 or batch_size % mesh.size:
@@ -117,7 +122,7 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
     s = {**config.sampling.to_dict(), **settings,
          "variance": variance or config.diffusion.variance}
     sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"])  # validates
-    chosen = train_lib.replicate(trained.ema_params if params == "ema" else trained.params, mesh)
+    chosen = train_lib.replicate(chosen, mesh)
     image_shape = trained.image_shape
     num_batches = math.ceil(num_samples / batch_size)
     all_labels = None
