@@ -79,8 +79,10 @@ class Setup(NamedTuple):
     key: jax.Array
 
     def train_state(self):
-        """(params, ema_params, opt_state), with no buffer shared, so it can be donated."""
-        return self.params, jax.tree.map(jnp.copy, self.params), self.optimizer.init(self.params)
+        """(params, ema_params, opt_state), sharing no buffer with ``self``, so it can be
+        donated."""
+        copy = lambda: jax.tree.map(jnp.copy, self.params)
+        return copy(), copy(), self.optimizer.init(self.params)
 
 
 def setup(config: str, batch_size: int, dtype: str) -> Setup:
@@ -95,35 +97,46 @@ def setup(config: str, batch_size: int, dtype: str) -> Setup:
     return Setup(model, make_schedule("linear", NUM_TIMESTEPS), optimizer, params, x0, t, key)
 
 
+def compile_train_step(s: Setup) -> tuple[Callable[[], None], float, float]:
+    """(one training step on ``s``'s batch, run to completion; compile seconds; XLA's flops).
+
+    Each call continues from the state the previous one left (the state buffers are donated).
+    """
+    step, seconds, flop = compile_timed(make_train_step(s.model, s.schedule, s.optimizer),
+                                        s.train_state(), s.x0, s.key, donate_argnums=0)
+    holder = [s.train_state()]
+
+    def run():
+        holder[0], loss = step(holder[0], s.x0, s.key)
+        jax.block_until_ready((holder[0], loss))
+
+    return run, seconds, flop
+
+
+def compile_forward(s: Setup) -> tuple[Callable[[], None], float, float]:
+    """(one forward pass of ``s``'s batch, run to completion; compile seconds; XLA's flops)."""
+    forward, seconds, flop = compile_timed(lambda p, x, t: s.model.apply({"params": p}, x, t),
+                                           s.params, s.x0, s.t)
+    return lambda: forward(s.params, s.x0, s.t).block_until_ready(), seconds, flop
+
+
 def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: int,
             sample_steps: int, sample_repeats: int, compile_timesteps: list[int],
             peak_size: int) -> dict[str, Any]:
     """Every JAX measurement of one configuration; times in seconds."""
     jax.config.update("jax_enable_compilation_cache", False)  # compile times must be real
     s = setup(config, batch_size, dtype)
-    model, params, x0, t, key = s.model, s.params, s.x0, s.t, s.key
+    model, params, x0, key = s.model, s.params, s.x0, s.key
     r: dict[str, Any] = dict(
         backend=jax.default_backend(), device=jax.devices()[0].device_kind,
         params=sum(p.size for p in jax.tree.leaves(params)))
     r["peak_gflops"] = matmul_gflops(peak_size, jnp.dtype(dtype), repeats=repeats)
 
-    train_step, r["train_compile_s"], flop = compile_timed(
-        make_train_step(model, s.schedule, s.optimizer), s.train_state(), x0, key,
-        donate_argnums=0)
-    holder = [s.train_state()]
-
-    def run_train_step():
-        holder[0], loss = train_step(holder[0], x0, key)
-        jax.block_until_ready((holder[0], loss))
-
-    r["train_step_s"] = median_seconds(run_train_step, warmup=warmup, repeats=repeats)
+    train, r["train_compile_s"], flop = compile_train_step(s)
+    r["train_step_s"] = median_seconds(train, warmup=warmup, repeats=repeats)
     r["train_gflops"] = flop / r["train_step_s"] / 1e9
-    params = holder.pop()[0]
-
-    forward = lambda p, x, t: model.apply({"params": p}, x, t)
-    forward, r["forward_compile_s"], flop = compile_timed(forward, params, x0, t)
-    r["forward_s"] = median_seconds(lambda: forward(params, x0, t).block_until_ready(),
-                                    warmup=warmup, repeats=repeats)
+    forward, r["forward_compile_s"], flop = compile_forward(s)
+    r["forward_s"] = median_seconds(forward, warmup=warmup, repeats=repeats)
     r["forward_gflops"] = flop / r["forward_s"] / 1e9
 
     def sampler(num_timesteps: int) -> Callable:
@@ -139,8 +152,7 @@ def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: i
     # The chain and T separate forward calls alternate, so a change in the machine's load between
     # the two measurements does not show up as overhead.
     run_sampler = lambda: samplers[sample_steps](params, key).block_until_ready()
-    run_forwards = lambda: [forward(params, x0, t).block_until_ready()
-                            for _ in range(sample_steps)]
+    run_forwards = lambda: [forward() for _ in range(sample_steps)]
     run_sampler()  # warm-up
     chain, forwards = [], []
     for _ in range(sample_repeats):

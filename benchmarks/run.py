@@ -12,9 +12,11 @@ Columns: ``train GFLOP/s`` is XLA's flop count of the compiled step over its tim
 compares it with a square matmul in the same dtype and process (``--peak_size``). ``sampler
 overhead`` is the wall time of the ancestral sampler's T-step chain (T = ``--sample_steps``) over
 that of T separate jitted forward calls, the two alternated ``--sample_repeats`` times (1.0: the
-scan costs nothing beyond its denoiser calls). ``x diffusers`` is
-our images/s over diffusers' (``--compare diffusers``: same architecture and parameter count,
-PyTorch on every core). Where the step's time goes: ``profile_step.py``. Checks of this code:
+scan costs nothing beyond its denoiser calls). ``--compare diffusers``
+adds a table against diffusers' ``UNet2DModel`` (same architecture and parameter count, PyTorch
+on every core), timed in one process that alternates the two (``compare_bench.py``): ``x
+diffusers`` is the median over repeats of the per-pair ratio of their time to ours, with its
+range. Where the step's time goes: ``profile_step.py``. Checks of this code:
 ``python -m pytest benchmarks``.
 """
 
@@ -132,9 +134,9 @@ def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
                     warmup=args.warmup, sample_steps=args.sample_steps[config],
                     sample_repeats=args.sample_repeats,
                     compile_timesteps=args.compile_timesteps, peak_size=args.peak_size)))
-        if compare:
-            jobs.append(("torch", "", dict(config=config, batch_size=batch,
-                                           repeats=args.repeats, warmup=args.warmup)))
+        if compare:  # under the flags train.py sets, float32 (diffusers' dtype)
+            jobs.append(("compare", YNN_OFF, dict(config=config, batch_size=batch,
+                                                  repeats=args.repeats, warmup=args.warmup)))
         if has_tfds:
             jobs.append(("pipeline", "", dict(config=config, batch_size=batch, repeats=50)))
     if not has_tfds:
@@ -156,43 +158,47 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
     problems = [f"{r['kind']} {r['config']} {r.get('dtype', '')} {r['xla_flags']!r}: failed"
                 for r in results if r.get("error")]
     ok = [r for r in results if not r.get("error")]
-    torch = {r["config"]: r for r in ok if r["kind"] == "torch"}
     rows, compile_rows = [], []
     for r in (r for r in ok if r["kind"] == "jax"):
-        b, theirs = r["batch_size"], torch.get(r["config"])
-        vs = lambda ours, key: fmt(theirs[key] / ours) if theirs else "-"
+        b = r["batch_size"]
         rows.append([r["config"], b, r["dtype"], f"`{r['xla_flags']}`" if r["xla_flags"] else "",
                      fmt(1 / r["train_step_s"], 3), fmt(b / r["train_step_s"], 1),
                      f"{r['train_gflops']:.0f} ({100 * r['train_gflops'] / r['peak_gflops']:.0f}%)",
                      fmt(b / r["forward_s"], 1), f"{r['sampler_s']:.1f} ({r['sample_steps']})",
-                     fmt(r["sampler_overhead"], 3), vs(r["train_step_s"], "train_step_s"),
-                     vs(r["forward_s"], "forward_s"), fmt(r["peak_host_gb"]),
+                     fmt(r["sampler_overhead"], 3), fmt(r["peak_host_gb"]),
                      fmt(r.get("peak_device_gb"))])
         sampler = [r["sampler_compile_s"][str(T)] for T in r["compile_timesteps"]]
         compile_rows.append([r["config"], r["dtype"], rows[-1][3], fmt(r["train_compile_s"], 1),
                              fmt(r["forward_compile_s"], 1), *(fmt(s, 1) for s in sampler),
                              fmt(sampler[-1] / sampler[0])])
-    for config, r in torch.items():
-        b = r["batch_size"]
-        rows.append([config, b, "float32", f"diffusers, torch {r['torch']}, {r['threads']} threads",
-                     fmt(1 / r["train_step_s"], 3), fmt(b / r["train_step_s"], 1), "-",
-                     fmt(b / r["forward_s"], 1), "-", "-", "-", "-",
-                     fmt(r["peak_host_gb"]), "-"])
-        ours = {j["params"] for j in ok if j["kind"] == "jax" and j["config"] == config}
-        for n in ours:
-            line = f"{config} parameters: ddpm_jax {n:,}, diffusers {r['params']:,}"
-            print(line)
-            if abs(n - r["params"]) > 0.01 * r["params"]:
-                problems.append(line + " (differ by more than 1%)")
     header = ["config", "batch", "dtype", "XLA_FLAGS", "train steps/s", "train img/s",
               "train GFLOP/s (% peak)", "forward img/s", "sampler s (steps)", "sampler overhead",
-              "train x diffusers", "forward x diffusers", "peak host GB", "peak device GB"]
+              "peak host GB", "peak device GB"]
     out = [markdown(header, rows)]
     if compile_rows:
         timesteps = next(r for r in ok if r["kind"] == "jax")["compile_timesteps"]
         out.append(markdown(["config", "dtype", "XLA_FLAGS", "compile s: train", "forward",
                              *(f"sampler T={t}" for t in timesteps),
                              f"T={timesteps[-1]} / T={timesteps[0]}"], compile_rows))
+    compare_rows = []
+    for r in (r for r in ok if r["kind"] == "compare"):
+        line = (f"{r['config']} parameters: ddpm_jax {r['params']:,}, "
+                f"diffusers {r['diffusers_params']:,}")
+        print(line)
+        if abs(r["params"] - r["diffusers_params"]) > 0.01 * r["diffusers_params"]:
+            problems.append(line + " (differ by more than 1%)")
+        b, train, forward = r["batch_size"], r["train"], r["forward"]
+        ratio = lambda m: f"**{m['ratio']:.2f}** ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})"
+        compare_rows.append([r["config"], b, f"`{r['xla_flags']}`",
+                             f"torch {r['torch']}, {r['threads']} threads",
+                             fmt(1 / train["ours_s"], 3), fmt(1 / train["theirs_s"], 3),
+                             ratio(train), fmt(b / forward["ours_s"], 1),
+                             fmt(b / forward["theirs_s"], 1), ratio(forward)])
+    if compare_rows:
+        out.append(markdown(["config", "batch", "XLA_FLAGS", "diffusers on",
+                             "train steps/s: ddpm_jax", "diffusers", "train x diffusers (range)",
+                             "forward img/s: ddpm_jax", "diffusers",
+                             "forward x diffusers (range)"], compare_rows))
     pipeline = [[r["config"], r["batch_size"], fmt(r["batch_size"] / r["batch_s"], 0)]
                 for r in ok if r["kind"] == "pipeline"]
     if pipeline:

@@ -44,17 +44,37 @@ def test_tables_report_ratios_and_parameter_mismatches():
                    compile_timesteps=[10, 1000],
                    train_compile_s=20.0, forward_compile_s=5.0,
                    sampler_compile_s={"10": 4.0, "100": 4.5, "1000": 5.0}, peak_host_gb=1.0)
-    torch_row = dict(kind="torch", config="small", batch_size=64, xla_flags="", params=1000,
-                     torch="2.x", threads=2, train_step_s=1.0, forward_s=0.3, peak_host_gb=1.0)
-    text, problems = run.tables([jax_row, torch_row])
+    pair = lambda ours, theirs, ratios: dict(ours_s=ours, theirs_s=theirs, ratio=ratios[1],
+                                             ratio_min=ratios[0], ratio_max=ratios[2])
+    compare_row = dict(kind="compare", config="small", batch_size=64, xla_flags=run.YNN_OFF,
+                       params=1000, diffusers_params=1000, torch="2.x", threads=2,
+                       train=pair(0.5, 1.0, (1.8, 2.0, 2.3)),
+                       forward=pair(0.1, 0.3, (2.5, 3.0, 3.1)))
+    text, problems = run.tables([jax_row, compare_row])
     assert problems == []
-    assert "| 2.00 | 3.00 |" in text  # ours over theirs: train, forward
+    assert "| **2.00** (1.80-2.30) |" in text and "| **3.00** (2.50-3.10) |" in text
+    assert "| 2.000 | 1.000 |" in text  # train steps/s: ours, theirs
     assert "| 1.25 |" in text  # sampler compile T=1000 / T=10
-    _, problems = run.tables([jax_row, dict(torch_row, params=1200)])
+    _, problems = run.tables([jax_row, dict(compare_row, diffusers_params=1200)])
     assert problems and "differ by more than 1%" in problems[0]
     _, problems = run.tables([jax_row, dict(kind="jax", config="cifar10", xla_flags="x",
                                             error="boom")])
     assert problems and "failed" in problems[0]
+
+
+def test_paired_ratio_is_the_median_of_per_pair_ratios(monkeypatch):
+    compare_bench = pytest.importorskip("compare_bench")
+    # Their call takes twice ours, while the machine slows down 3x halfway through.
+    clock = iter([0, 1, 1, 3, 3, 6, 6, 12, 12, 15, 15, 21]).__next__
+
+    def timed(fn):
+        start = clock()
+        return fn(), clock() - start
+
+    monkeypatch.setattr(compare_bench, "timed", timed)
+    result = compare_bench.paired(lambda: None, lambda: None, warmup=0, repeats=3)
+    assert result["ratio"] == result["ratio_min"] == result["ratio_max"] == 2.0
+    assert result["ours_s"] == 3 and result["theirs_s"] == 6
 
 
 @pytest.mark.parametrize("op_name, expected", [

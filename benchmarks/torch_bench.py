@@ -1,21 +1,20 @@
-"""Job: the same U-Net as diffusers' ``UNet2DModel`` in PyTorch (CPU), for ``--compare diffusers``.
+"""The same U-Net as diffusers' ``UNet2DModel`` in PyTorch (CPU), for ``--compare diffusers``.
 
-Run by ``run.py`` as ``python benchmarks/torch_bench.py PARAMS_JSON OUT_PATH``. The model has
-Ho et al.'s layout (as in google/ddpm-cifar10-32): one attention head, stride-2 convolutions
-without padding, sinusoidal embedding without the cos/sin flip. The step does the work of
-``jax_bench.make_train_step``: L_simple, backward, clipped Adam and the EMA update.
+The model has Ho et al.'s layout (as in google/ddpm-cifar10-32): one attention head, stride-2
+convolutions without padding, sinusoidal embedding without the cos/sin flip. The step does the
+work of ``jax_bench.make_train_step``: L_simple, backward, clipped Adam and the EMA update.
+``compare_bench.py`` times it against ours.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Callable, NamedTuple
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from common import (EMA_DECAY, GRAD_CLIP, LEARNING_RATE, NUM_TIMESTEPS, job_main,
-                    median_seconds, unet_fields)
+from common import EMA_DECAY, GRAD_CLIP, LEARNING_RATE, NUM_TIMESTEPS, unet_fields
 
 
 def diffusers_unet(config: str) -> tuple[UNet2DModel, tuple[int, int, int]]:
@@ -35,8 +34,18 @@ def diffusers_unet(config: str) -> tuple[UNet2DModel, tuple[int, int, int]]:
     return model, image_shape
 
 
-def measure(*, config: str, batch_size: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Training-step and forward times (seconds) of the diffusers model, float32 NCHW."""
+class DiffusersSteps(NamedTuple):
+    """What ``compare_bench`` times: one training step and one forward pass, float32 NCHW."""
+
+    train_step: Callable[[], None]
+    forward: Callable[[], None]
+    params: int
+    threads: int
+    torch_version: str
+
+
+def diffusers_steps(config: str, batch_size: int) -> DiffusersSteps:
+    """The diffusers model of ``config`` on a random batch, using every core of this process."""
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -66,11 +75,5 @@ def measure(*, config: str, batch_size: int, repeats: int, warmup: int) -> dict[
         model.eval()
         model(x0, t)
 
-    return dict(torch=torch.__version__, threads=threads,
-                params=sum(p.numel() for p in model.parameters()),
-                train_step_s=median_seconds(train_step, warmup=warmup, repeats=repeats),
-                forward_s=median_seconds(forward, warmup=warmup, repeats=repeats))
-
-
-if __name__ == "__main__":
-    job_main(measure)
+    return DiffusersSteps(train_step, forward, sum(p.numel() for p in model.parameters()),
+                          threads, torch.__version__)
