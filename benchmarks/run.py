@@ -12,12 +12,13 @@ Columns: ``train GFLOP/s`` is XLA's flop count of the compiled step over its tim
 compares it with a square matmul in the same dtype and process (``--peak_size``). ``sampler
 overhead`` is the wall time of the ancestral sampler's T-step chain (T = ``--sample_steps``) over
 that of T separate jitted forward calls, the two alternated ``--sample_repeats`` times (1.0: the
-scan costs nothing beyond its denoiser calls). ``--compare diffusers``
-adds a table against diffusers' ``UNet2DModel`` (same architecture and parameter count, PyTorch
-on every core), timed in one process that alternates the two (``compare_bench.py``): ``x
-diffusers`` is the median over repeats of the per-pair ratio of their time to ours, with its
-range. Where the step's time goes: ``profile_step.py``. Checks of this code:
-``python -m pytest benchmarks``.
+scan costs nothing beyond its denoiser calls).
+
+``--compare diffusers`` adds a table against diffusers' ``UNet2DModel`` (same architecture and
+parameter count, PyTorch on every core), timed in one process that alternates the two
+(``compare_bench.py``): ``x diffusers`` is the median over repeats of the per-pair ratio of their
+time to ours, with its range. Where the step's time goes: ``profile_step.py``. Checks of this
+code: ``python -m pytest benchmarks``.
 """
 
 from __future__ import annotations
