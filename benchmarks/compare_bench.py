@@ -3,8 +3,8 @@
 Run by ``run.py --compare diffusers`` as ``python benchmarks/compare_bench.py PARAMS_JSON
 OUT_PATH``. The load of a shared machine drifts by tens of percent within minutes, so the two
 frameworks are not timed one after the other: each repeat times a JAX call and then the same
-work in PyTorch, and each ratio is the median over repeats of theirs / ours within a pair.
-The two never run at the same time, and each uses every core.
+work in PyTorch (or the other way round, every other repeat), and each ratio is the median over
+repeats of theirs / ours within a pair. The two never run at the same time; each uses every core.
 """
 
 from __future__ import annotations
@@ -21,11 +21,20 @@ from torch_bench import diffusers_steps
 
 def paired(ours: Callable[[], None], theirs: Callable[[], None], *, warmup: int,
            repeats: int) -> dict[str, float]:
-    """Median seconds of each and the median, min and max of the per-pair ratio theirs / ours."""
+    """Median seconds of each and the median, min and max of the per-pair ratio theirs / ours.
+
+    Which of the two goes first alternates, so neither always follows the other's tail.
+    """
     for _ in range(warmup):
         ours()
         theirs()
-    pairs = [(timed(ours)[1], timed(theirs)[1]) for _ in range(repeats)]
+    pairs = []
+    for i in range(repeats):
+        if i % 2:
+            t, o = timed(theirs)[1], timed(ours)[1]
+        else:
+            o, t = timed(ours)[1], timed(theirs)[1]
+        pairs.append((o, t))
     ratios = [t / o for o, t in pairs]
     return dict(ours_s=statistics.median(o for o, _ in pairs),
                 theirs_s=statistics.median(t for _, t in pairs),
