@@ -121,8 +121,8 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
                 if v is not None}
     s = {**config.sampling.to_dict(), **settings,
          "variance": variance or config.diffusion.variance}
-    sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"])  # validates
-    chosen = train_lib.replicate(chosen, mesh)
+    # Validates num_steps before any work; the progress bar counts these steps.
+    steps = len(sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"]))
     image_shape = trained.image_shape
     num_batches = math.ceil(num_samples / batch_size)
     all_labels = None
@@ -132,7 +132,7 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
     elif labels or guidance_scale is not None:
         raise ValueError("labels and guidance_scale need a class-conditional model "
                          "(config.model.num_classes is None)")
-    steps = len(sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"]))
+    chosen = train_lib.replicate(chosen, mesh)
     bar = tqdm(total=steps * num_batches, desc="sample", disable=not progress, dynamic_ncols=True)
 
     sharded = NamedSharding(mesh, P("data"))
