@@ -25,7 +25,7 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import distributed, evaluation, generate, inception, input_pipeline  # noqa: E402
+from ddpm_jax import data as input_pipeline, distributed, evaluation, generate, inception  # noqa: E402
 
 METRICS = ("bpd", "fid", "floor")
 

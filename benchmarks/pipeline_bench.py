@@ -1,7 +1,7 @@
 """Job: the input pipeline's throughput on random uint8 images held in memory.
 
 Run by ``run.py`` as ``python benchmarks/pipeline_bench.py PARAMS_JSON OUT_PATH``; needs
-tensorflow-datasets (``ddpm_jax.input_pipeline`` imports it).
+tensorflow-datasets (``ddpm_jax.data`` imports it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from common import job_main, median_seconds, unet_fields
-from ddpm_jax import input_pipeline
+from ddpm_jax import data as input_pipeline
 
 NUM_EXAMPLES = 50_000  # CIFAR-10's training split size
 

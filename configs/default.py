@@ -8,11 +8,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "cifar10"  # any tfds image dataset
+    config.data.name = "cifar10"  # any tfds image dataset, or "folder"
     config.data.train_split = "train"  # tfds split; slices like "train[:10%]" work
     config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
     config.data.image_size = ml_collections.config_dict.placeholder(int)  # None: native size
     config.data.random_flip = True
+    # name="folder": every image under data.path (see the README's "Your own images").
+    config.data.path = ml_collections.config_dict.placeholder(str)
+    config.data.channels = ml_collections.config_dict.placeholder(int)  # folders: 3 (RGB) or 1
+    config.data.labels_from_subdirs = False  # folders: DIR/<class>/... gives class labels
+    config.data.cache_dir = ml_collections.config_dict.placeholder(str)  # None: in data_dir
+    config.data.skip_bad_images = False  # folders: skip undecodable files instead of failing
 
     config.model = ml_collections.ConfigDict()  # ddpm_jax.models.UNet fields
     config.model.base_channels = 128

@@ -31,8 +31,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ddpm_jax import generate, input_pipeline, losses, sampling, train_lib
-from ddpm_jax.input_pipeline import ImageSource
+from ddpm_jax import data as input_pipeline, generate, losses, sampling, train_lib
+from ddpm_jax.data import ImageSource
 from ddpm_jax.schedules import Schedule
 
 

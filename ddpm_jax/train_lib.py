@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import input_pipeline, losses, sampling, visualize
+from ddpm_jax import data as input_pipeline, losses, sampling, visualize
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
@@ -206,9 +206,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     validate(config, mesh)
     os.makedirs(workdir, exist_ok=True)
     tr = config.training
-    source = input_pipeline.load_split(config.data.name, config.data.train_split,
-                                       data_dir=config.data.data_dir,
-                                       image_size=config.data.image_size)
+    d = config.data
+    source = input_pipeline.load_split(
+        d.name, d.train_split, data_dir=d.data_dir, image_size=d.image_size, path=d.path,
+        channels=d.channels, labels_from_subdirs=d.labels_from_subdirs, cache_dir=d.cache_dir,
+        skip_bad_images=d.skip_bad_images)
+    input_pipeline.check_holds_a_batch(source, batch_size=tr.batch_size)
     image_shape = source.image_shape
     model = make_model(config, image_shape)
     schedule = make_schedule_from_config(config)
@@ -236,6 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             f.write(config.to_json_best_effort(indent=2))
         with open(os.path.join(workdir, IMAGE_SHAPE_FILE), "w") as f:
             json.dump(list(image_shape), f)
+        if source.class_names is not None:
+            input_pipeline.write_class_names(workdir, source.class_names)
 
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tr.max_to_keep) as ckpt, \
             _StopRequested().installed() as stop:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 import ddpm_jax as d
 from conftest import run_cli
-from ddpm_jax import evaluation, generate, input_pipeline, train_lib
+from ddpm_jax import data as input_pipeline, evaluation, generate, train_lib
 
 
 def random_features(seed, n=300, f=12, shift=0.0):

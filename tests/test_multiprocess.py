@@ -14,7 +14,7 @@ import pytest
 import jax
 
 from conftest import ROOT
-from ddpm_jax import evaluation, generate, input_pipeline
+from ddpm_jax import data as input_pipeline, evaluation, generate
 
 pytestmark = pytest.mark.slow
 

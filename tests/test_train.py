@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import test as test_config
-from ddpm_jax import generate, input_pipeline, train_lib
+from ddpm_jax import data as input_pipeline, generate, train_lib
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT

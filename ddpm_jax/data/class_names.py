@@ -1,0 +1,48 @@
+"""The class names of a run (``<workdir>/labels.json``) and labels given by name or number."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import json
+import os
+
+LABELS_FILE = "labels.json"
+
+
+def write_class_names(workdir: os.PathLike[str] | str, names: Sequence[str]) -> None:
+    """Writes ``{"0": name, "1": name, ...}`` to ``<workdir>/labels.json``."""
+    with open(os.path.join(workdir, LABELS_FILE), "w") as f:
+        json.dump({str(i): name for i, name in enumerate(names)}, f, indent=1)
+
+
+def read_class_names(workdir: os.PathLike[str] | str) -> list[str] | None:
+    """The names written by ``write_class_names``, or None when the run has none."""
+    path = os.path.join(workdir, LABELS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        mapping = json.load(f)
+    return [mapping[str(i)] for i in range(len(mapping))]
+
+
+def parse_labels(values: Sequence[str], class_names: Sequence[str] | None) -> list[int]:
+    """Labels given as numbers or, when the run has class names, as names.
+
+    Args:
+        values: each an integer ('3') or a class name ('cat').
+        class_names: the run's names (``read_class_names``), or None.
+
+    Returns:
+        The integer labels, in order.
+    """
+    labels = []
+    for value in values:
+        if value.lstrip("-").isdigit():
+            labels.append(int(value))
+        elif class_names is not None and value in class_names:
+            labels.append(class_names.index(value))
+        else:
+            known = ("; the run's classes (labels.json) are " + ", ".join(
+                f"{i}={name}" for i, name in enumerate(class_names))) if class_names else ""
+            raise ValueError(f"unknown label {value!r}: expected an integer class label{known}")
+    return labels

@@ -1,0 +1,201 @@
+"""A folder of the user's images, prepared once into array_record and read like a tfds split.
+
+Every image under the folder (recursive; extensions in ``IMAGE_EXTENSIONS``, any case; hidden
+files and folders skipped; a GIF's first frame) is converted to grey or RGB (``to_channels``),
+resized and centre-cropped as guided-diffusion does (``resize_and_center_crop``), and written as
+raw uint8 pixels to ``images.array_record`` with ``labels.npy`` and ``meta.json`` beside it. The
+entry's folder is named by a hash of the listing (relative paths, sizes, modification times) and
+the settings, so a second run decodes nothing and any change prepares a new entry. It is built
+under a temporary name on a thread pool over every core and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import uuid
+
+from absl import logging
+from array_record.python import array_record_module
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from ddpm_jax.data.images import MODES, resize_and_center_crop, to_channels
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+# Bump when the preparation changes what it writes, so old entries are not read.
+FORMAT_VERSION = 1
+RECORDS, LABELS, META = "images.array_record", "labels.npy", "meta.json"
+# Images being decoded at once, per worker: bounds the memory held by finished, unwritten ones.
+_WINDOW_PER_WORKER = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSettings:
+    """How a folder's images become examples.
+
+    Attributes:
+        image_size: side of the square images, >= 1.
+        channels: 1 (grey) or 3 (RGB).
+        labels_from_subdirs: whether the immediate subfolder of each image names its class.
+        skip_bad_images: whether images that cannot be decoded are skipped (else an error).
+    """
+
+    image_size: int
+    channels: int = 3
+    labels_from_subdirs: bool = False
+    skip_bad_images: bool = False
+
+    def __post_init__(self):
+        if self.image_size is None or self.image_size < 1:
+            raise ValueError(
+                f"data.image_size must be a positive integer for an image folder, got "
+                f"{self.image_size}; pass e.g. --config.data.image_size=64"
+            )
+        if self.channels not in MODES:
+            raise ValueError(f"data.channels must be one of {sorted(MODES)}, got {self.channels}")
+
+
+def list_images(root: pathlib.Path) -> list[tuple[str, int, int]]:
+    """(relative path, size in bytes, modification time in ns) of every image, sorted by path."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist; set data.path to a folder "
+                                "of images")
+    listing = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = pathlib.Path(folder, name)
+            stat = path.stat()
+            listing.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    if not listing:
+        raise FileNotFoundError(f"image folder {root} holds no images; expected files ending in "
+                                f"{', '.join(IMAGE_EXTENSIONS)} (any case)")
+    return sorted(listing)
+
+
+def class_labels(root: pathlib.Path, paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Labels from the immediate subfolder of each path: int32 [N] and the sorted class names."""
+    for path in paths:
+        if "/" not in path:
+            raise ValueError(f"{root / path} is not in a class subfolder; with "
+                             f"data.labels_from_subdirs=True every image must be in {root}/<class>/")
+    classes = [path.split("/", 1)[0] for path in paths]
+    names = sorted(set(classes))
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[name] for name in classes], np.int32), names
+
+
+def entry_name(root: pathlib.Path, listing: Sequence[tuple[str, int, int]],
+               settings: FolderSettings) -> str:
+    """The cache entry's folder name: the folder's name and a hash of listing and settings."""
+    key = json.dumps([FORMAT_VERSION, dataclasses.asdict(settings), listing])
+    return f"{root.name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def _decode(path: pathlib.Path, settings: FolderSettings) -> tuple[np.ndarray | None, bool, str]:
+    """(uint8 [S, S, C] pixels or None, whether upsampled, why it failed) of one file."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)  # camera photos stored sideways
+            upsampled = min(image.size) < settings.image_size
+            pixels = resize_and_center_crop(to_channels(image, settings.channels),
+                                            settings.image_size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return None, False, f"{type(err).__name__}: {err}"
+    return pixels.reshape(*pixels.shape[:2], settings.channels), upsampled, ""
+
+
+def _decoded_in_order(paths: Sequence[pathlib.Path],
+                      settings: FolderSettings) -> Iterator[tuple[np.ndarray | None, bool, str]]:
+    """``_decode`` of every path, in order, on a thread pool (Pillow releases the GIL)."""
+    workers = os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque()
+        for path in paths:
+            pending.append(pool.submit(_decode, path, settings))
+            if len(pending) >= workers * _WINDOW_PER_WORKER:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def prepare_folder(root: pathlib.Path, settings: FolderSettings,
+                   cache_dir: pathlib.Path) -> pathlib.Path:
+    """The prepared cache entry of an image folder, preparing it unless it exists.
+
+    Args:
+        root: the folder of images.
+        settings: how images become examples.
+        cache_dir: where entries live.
+
+    Returns:
+        The entry's folder, holding ``RECORDS``, ``META`` and (when labelled) ``LABELS``.
+    """
+    listing = list_images(root)
+    paths = [path for path, _, _ in listing]
+    labels, names = class_labels(root, paths) if settings.labels_from_subdirs else (None, None)
+    entry = cache_dir / entry_name(root, listing, settings)
+    if (entry / META).exists():
+        return entry
+    partial = cache_dir / f".incomplete-{entry.name}-{uuid.uuid4().hex}"
+    partial.mkdir(parents=True)
+    try:
+        kept, upsampled, skipped = _write_records(root, paths, settings, partial / RECORDS)
+        if labels is not None:
+            np.save(partial / LABELS, labels[kept])
+        meta = dict(root=str(root), num_examples=int(kept.sum()),
+                    image_shape=[settings.image_size, settings.image_size, settings.channels],
+                    class_names=names, skipped=skipped, upsampled=upsampled)
+        (partial / META).write_text(json.dumps(meta, indent=1))
+        if not meta["num_examples"]:
+            raise ValueError(f"no image in {root} could be decoded ({len(skipped)} skipped)")
+        try:
+            partial.rename(entry)
+        except OSError:  # another process finished the same entry first: keep theirs
+            if not (entry / META).exists():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return entry
+
+
+def _write_records(root: pathlib.Path, paths: Sequence[str], settings: FolderSettings,
+                   records: pathlib.Path) -> tuple[np.ndarray, int, list[str]]:
+    """Decodes every image into ``records``; returns which were kept (bool [N]), how many were
+    upsampled and the skipped paths. Raises on the first bad image unless skipping."""
+    kept = np.zeros(len(paths), bool)
+    upsampled, skipped = 0, []
+    writer = array_record_module.ArrayRecordWriter(str(records), "group_size:1")
+    try:
+        decoded = _decoded_in_order([root / path for path in paths], settings)
+        bar = tqdm(decoded, total=len(paths), desc=f"preparing {root}", unit="img",
+                   dynamic_ncols=True)
+        for i, (pixels, small, error) in enumerate(bar):
+            if pixels is None:
+                if not settings.skip_bad_images:
+                    raise ValueError(f"cannot decode image {root / paths[i]} ({error}); fix or "
+                                     "remove it, or set data.skip_bad_images=True to skip it")
+                skipped.append(paths[i])
+                continue
+            writer.write(pixels.tobytes())
+            kept[i], upsampled = True, upsampled + small
+    finally:
+        writer.close()
+    if skipped:
+        logging.warning("skipped %d images of %s that could not be decoded, e.g. %s",
+                        len(skipped), root, skipped[0])
+    if upsampled:
+        logging.warning("%d images of %s are smaller than %d pixels and were upsampled",
+                        upsampled, root, settings.image_size)
+    return kept, upsampled, skipped
