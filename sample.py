@@ -14,7 +14,7 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import distributed, generate, sampling  # noqa: E402
+from ddpm_jax import data, distributed, generate, sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
@@ -29,7 +29,8 @@ flags.DEFINE_integer("num_steps", None, "Sampling steps (default: all T).")
 flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
 flags.DEFINE_string("variance", None, "fixedlarge or fixedsmall (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (conditional models).")
-flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (conditional models).")
+flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (conditional models): "
+                  "numbers, or names from <workdir>/labels.json (e.g. --labels=cats,dogs).")
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
 flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.")
 flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.")
@@ -48,7 +49,8 @@ def main(argv):
             params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
             num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
             guidance_scale=FLAGS.guidance_scale,
-            labels=[int(x) for x in FLAGS.labels] if FLAGS.labels else None,
+            labels=(data.parse_labels(FLAGS.labels, data.read_class_names(FLAGS.workdir))
+                    if FLAGS.labels else None),
             trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None,
             progress=jax.process_index() == 0)
     except (ValueError, FileNotFoundError) as e:

@@ -1,6 +1,7 @@
 """Image folders through ``ddpm_jax.data``: listing, colour and geometry, labels from subfolders,
 the prepared cache (reuse, invalidation, atomicity) and every error, on generated images only."""
 
+import json
 import os
 import pathlib
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 from ddpm_jax import data
 from ddpm_jax.data import folder
+from conftest import run_cli
 
 SIZE = 16
 CLASSES = ["birds", "cats", "dogs"]
@@ -300,3 +302,32 @@ def test_class_names_round_trip_and_labels_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"unknown label 'cats': expected an integer class "
                                          r"label$"):
         data.parse_labels(["cats"], None)
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: train.py and sample.py on a folder
+
+
+@pytest.mark.slow
+def test_train_and_sample_on_a_folder_of_images(image_folder, tmp_path):
+    root, _ = image_folder
+    workdir = tmp_path / "run"
+    result = run_cli("train.py", "--config", "configs/test.py", "--workdir", str(workdir),
+                     "--config.data.name=folder", f"--config.data.path={root}",
+                     "--config.data.image_size=28", "--config.data.train_split=train",
+                     "--config.data.labels_from_subdirs=True",
+                     f"--config.data.cache_dir={tmp_path / 'cache'}",
+                     "--config.model.num_classes=3", "--config.training.num_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "checkpoints" / "2").exists()
+    labels = json.loads((workdir / "labels.json").read_text())
+    assert labels == {"0": "birds", "1": "cats", "2": "dogs"}
+    out = tmp_path / "samples"
+    result = run_cli("sample.py", "--workdir", str(workdir), "--out", str(out),
+                     "--num_samples=3", "--labels=cats,dogs,0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "sample_settings.json").read_text())["labels"] == [1, 2, 0]
+    assert np.load(out / "samples.npz")["images"].shape == (3, 28, 28, 3)
+    result = run_cli("sample.py", "--workdir", str(workdir), "--labels=dgos")
+    assert result.returncode != 0
+    assert "unknown label 'dgos'" in result.stderr and "0=birds, 1=cats, 2=dogs" in result.stderr

@@ -15,7 +15,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from ddpm_jax import data
-from ddpm_jax.data import fashion_mnist
+from ddpm_jax.data import fashion_mnist, tfds_datasets
 
 
 def idx_examples(split: str) -> list[bytes]:
@@ -100,6 +100,24 @@ def test_any_prepared_tfds_image_dataset_loads(tiny_tfds_dir):
     assert (images == values[:, None, None, None]).all()
     np.testing.assert_array_equal(np.sort(values), np.arange(9))
     np.testing.assert_array_equal(labels, values % 4)
+
+
+def test_decoded_split_is_cached_and_memory_mapped(tiny_tfds_dir, monkeypatch):
+    first = data.load_split("tiny_images", "train[:7]", data_dir=tiny_tfds_dir, image_size=6)
+    cached = (tiny_tfds_dir / "tiny_images" / "1.0.0" / "ddpm_jax_decoded").glob("train_7-*")
+    assert sorted(p.name.rsplit("-", 1)[1] for p in cached) == ["images.npy", "labels.npy"]
+
+    def no_decoding(source):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(tfds_datasets, "decode_all", no_decoding)
+    again = data.load_split("tiny_images", "train[:7]", data_dir=tiny_tfds_dir, image_size=6)
+    images, labels = again.read(np.arange(7))
+    assert isinstance(again._images, np.memmap) and again.class_names == first.class_names
+    for a, b in zip(first.read(np.arange(7)), (images, labels)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(AssertionError, match="decoded again"):  # another shape, another entry
+        data.load_split("tiny_images", "train[:7]", data_dir=tiny_tfds_dir, image_size=5)
 
 
 def test_varying_image_sizes_need_image_size(tiny_tfds_dir):
