@@ -74,7 +74,8 @@ def make_cifar_archive(path: pathlib.Path) -> dict[str, list[tuple[bytes, int]]]
             tar.addfile(info, io.BytesIO(content))
 
         add("batches.meta", {b"label_names": [n.encode() for n in CIFAR_NAMES]})
-        batches = [(f"data_batch_{i}", "train", 4) for i in range(1, 6)] + [("test_batch", "test", 3)]
+        batches = [(f"data_batch_{i}", "train", 4) for i in range(1, 6)]
+        batches.append(("test_batch", "test", 3))
         for name, split, count in batches:
             rows = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
             labels = rng.integers(0, 10, count).tolist()

@@ -39,9 +39,9 @@ def test_model_range_round_trips_every_pixel_value():
     x = data.to_model_range(pixels)
     assert x.dtype == np.float32 and x[0] == -1 and x[-1] == 1
     np.testing.assert_array_equal(visualize.to_uint8(x), pixels)
-    # Under jit XLA may multiply by 1/127.5 (last-bit differences); the pixels still round-trdata.
-    np.testing.assert_array_equal(visualize.to_uint8(jax.jit(data.to_model_range)(jnp.asarray(pixels))),
-                                  pixels)
+    # Under jit XLA may multiply by 1/127.5 (last-bit differences); the pixels still round-trip.
+    jitted = jax.jit(data.to_model_range)(jnp.asarray(pixels))
+    np.testing.assert_array_equal(visualize.to_uint8(jitted), pixels)
 
 
 # --------------------------------------------------------------------------------------------

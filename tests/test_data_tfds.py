@@ -174,8 +174,9 @@ def test_unknown_split(fashion_dir):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown dataset 'fashoin_mnist'; expected 'folder', one of "
-                                         r"\['celeb_a', 'cifar10', 'fashion_mnist', 'mnist'\] "
+    with pytest.raises(ValueError, match=r"unknown dataset 'fashoin_mnist'; expected 'folder', "
+                                         r"one of \['celeb_a', 'cifar10', 'fashion_mnist', "
+                                         r"'mnist'\] "
                                          "or any tfds image dataset name"):
         data.load_split("fashoin_mnist", data_dir=tmp_path)
 

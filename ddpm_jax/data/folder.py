@@ -88,8 +88,8 @@ def class_labels(root: pathlib.Path, paths: Sequence[str]) -> tuple[np.ndarray, 
     """Labels from the immediate subfolder of each path: int32 [N] and the sorted class names."""
     for path in paths:
         if "/" not in path:
-            raise ValueError(f"{root / path} is not in a class subfolder; with "
-                             f"data.labels_from_subdirs=True every image must be in {root}/<class>/")
+            raise ValueError(f"{root / path} is not in a class subfolder; with data."
+                             f"labels_from_subdirs=True every image must be in {root}/<class>/")
     classes = [path.split("/", 1)[0] for path in paths]
     names = sorted(set(classes))
     index = {name: i for i, name in enumerate(names)}

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ddpm_jax.data import folder
-from ddpm_jax.data.sources import ImageSource, load_into_memory
+from ddpm_jax.data.sources import DescribedSource, ImageSource, load_into_memory
 
 # The one split of a folder: every image it holds.
 SPLIT = "train"
@@ -21,7 +21,7 @@ SPLIT = "train"
 DEFAULT_CACHE_FOLDER = "ddpm_jax_image_folders"
 
 
-class FolderSource:
+class FolderSource(DescribedSource):
     """An ``ImageSource`` reading a prepared folder entry.
 
     Args:
@@ -31,29 +31,18 @@ class FolderSource:
 
     def __init__(self, entry: pathlib.Path, rows: np.ndarray):
         meta = json.loads((entry / folder.META).read_text())
-        self._records = array_record_data_source.ArrayRecordDataSource([str(entry / folder.RECORDS)])
+        names = meta["class_names"]
+        super().__init__(num_classes=None if names is None else len(names), class_names=names,
+                         description=f"image folder {meta['root']}")
+        records = str(entry / folder.RECORDS)
+        self._records = array_record_data_source.ArrayRecordDataSource([records])
         self._rows = np.asarray(rows, np.int64)
         self._shape = tuple(meta["image_shape"])
-        names = meta["class_names"]
-        self._class_names = None if names is None else tuple(names)
         self._labels = np.load(entry / folder.LABELS) if names is not None else None
-        self._description = f"image folder {meta['root']}"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self._shape
-
-    @property
-    def num_classes(self) -> int | None:
-        return None if self._class_names is None else len(self._class_names)
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self._class_names
-
-    @property
-    def description(self) -> str:
-        return self._description
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -80,7 +69,8 @@ def _rows(split: str, num_examples: int, root: pathlib.Path) -> np.ndarray:
 
 def default_cache_dir(data_dir: os.PathLike[str] | str | None) -> pathlib.Path:
     """Where prepared folders go by default: a folder in the tfds data dir."""
-    return pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser() / DEFAULT_CACHE_FOLDER
+    data_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
+    return data_dir / DEFAULT_CACHE_FOLDER
 
 
 def load_folder_split(

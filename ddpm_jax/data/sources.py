@@ -74,7 +74,35 @@ class ImageSource(Protocol):
         """
 
 
-class ArraySource:
+class DescribedSource:
+    """The descriptive half of an ``ImageSource``, shared by the sources here.
+
+    Args:
+        num_classes: number of class labels, or None.
+        class_names: the name of each label, or None.
+        description: what the examples are, for messages.
+    """
+
+    def __init__(self, *, num_classes: int | None, class_names: Sequence[str] | None,
+                 description: str):
+        self._num_classes = num_classes
+        self._class_names = None if class_names is None else tuple(class_names)
+        self._description = description
+
+    @property
+    def num_classes(self) -> int | None:
+        return self._num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self._class_names
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+
+class ArraySource(DescribedSource):
     """An ``ImageSource`` over arrays in memory (or memory-mapped).
 
     Args:
@@ -104,27 +132,14 @@ class ArraySource:
                 f"labels have shape {labels.shape} but the images need {images.shape[:1]}; "
                 "pass one label per image"
             )
+        super().__init__(num_classes=num_classes, class_names=class_names,
+                         description=description)
         self._images = images
         self._labels = None if labels is None else labels.astype(np.int32)
-        self._num_classes = num_classes
-        self._class_names = None if class_names is None else tuple(class_names)
-        self._description = description
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self._images.shape[1:]
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self._class_names
-
-    @property
-    def description(self) -> str:
-        return self._description
 
     def __len__(self) -> int:
         return len(self._images)
@@ -134,7 +149,7 @@ class ArraySource:
         return self._images[indices], labels
 
 
-class RecordSource:
+class RecordSource(DescribedSource):
     """An ``ImageSource`` that decodes tfds records at every read.
 
     Args:
@@ -152,10 +167,10 @@ class RecordSource:
         class_names: Sequence[str] | None = None,
         description: str = "a tfds split",
     ):
+        super().__init__(num_classes=spec.num_classes, class_names=class_names,
+                         description=description)
         self._records = records
         self._spec = spec
-        self._class_names = None if class_names is None else tuple(class_names)
-        self._description = description
 
     @property
     def spec(self) -> DatasetSpec:
@@ -165,18 +180,6 @@ class RecordSource:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self._spec.image_shape
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._spec.num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self._class_names
-
-    @property
-    def description(self) -> str:
-        return self._description
 
     def __len__(self) -> int:
         return len(self._records)
@@ -228,6 +231,6 @@ def load_into_memory(source: ImageSource) -> ArraySource:
 def in_memory_like(
     source: ImageSource, images: np.ndarray, labels: np.ndarray | None
 ) -> ArraySource:
-    """An ``ArraySource`` of decoded ``images`` and ``labels`` that describes itself as ``source``."""
+    """An ``ArraySource`` of decoded ``images`` and ``labels``, described as ``source`` is."""
     return ArraySource(images, labels, num_classes=source.num_classes,
                        class_names=source.class_names, description=source.description)
