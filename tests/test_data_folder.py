@@ -272,6 +272,15 @@ def test_bad_folder_settings(tmp_path, kwargs, error, message):
         data.load_split("folder", split, **options)
 
 
+def test_unwritable_cache_dir(image_folder, tmp_path):
+    root, _ = image_folder
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(ValueError, match=rf"cannot write the prepared images to {tmp_path}/file/"
+                                         r"cache \(Not a directory\); set data.cache_dir to a "
+                                         r"writable folder"):
+        load(root, tmp_path, cache_dir=tmp_path / "file" / "cache")
+
+
 def test_fewer_images_than_a_batch_names_the_folder(image_folder, tmp_path):
     root, _ = image_folder
     source = load(root, tmp_path)

@@ -149,7 +149,11 @@ def prepare_folder(root: pathlib.Path, settings: FolderSettings,
     if (entry / META).exists():
         return entry
     partial = cache_dir / f".incomplete-{entry.name}-{uuid.uuid4().hex}"
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as err:
+        raise ValueError(f"cannot write the prepared images to {cache_dir} ({err.strerror}); "
+                         "set data.cache_dir to a writable folder") from err
     try:
         kept, upsampled, skipped = _write_records(root, paths, settings, partial / RECORDS)
         if labels is not None:
