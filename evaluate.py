@@ -25,12 +25,15 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import data as input_pipeline, distributed, evaluation, generate, inception  # noqa: E402
+from ddpm_jax import (  # noqa: E402
+    data as input_pipeline, distributed, evaluation, generate, inception, pretrained)
 
 METRICS = ("bpd", "fid", "floor")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (needed for bpd and fid).")
+flags.DEFINE_string("workdir", None, "Training workdir (bpd and fid need it or --pretrained).")
+flags.DEFINE_string("pretrained", None, "A diffusers model directory or hub id, instead of "
+                    "--workdir (then --dataset and --out are needed).")
 flags.DEFINE_list("metrics", ["bpd", "fid"], f"Any of {list(METRICS)}.")
 flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/metrics.json).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -100,15 +103,23 @@ def evaluate() -> dict:
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; expected any of {list(METRICS)}")
     needs_run = {"bpd", "fid"} & set(FLAGS.metrics)
-    if needs_run and not FLAGS.workdir:
-        raise ValueError(f"metrics {sorted(needs_run)} need --workdir")
-    trained = generate.load_workdir(FLAGS.workdir, step=FLAGS.step) if FLAGS.workdir else None
+    if needs_run and not (FLAGS.workdir or FLAGS.pretrained):
+        raise ValueError(f"metrics {sorted(needs_run)} need --workdir or --pretrained")
+    if FLAGS.workdir and FLAGS.pretrained:
+        raise ValueError("--workdir and --pretrained are exclusive")
+    if FLAGS.pretrained:
+        trained = generate.as_trained(pretrained.load(FLAGS.pretrained))
+    else:
+        trained = generate.load_workdir(FLAGS.workdir, step=FLAGS.step) if FLAGS.workdir else None
     dataset = FLAGS.dataset or (trained.config.data.name if trained else None)
     data_dir = FLAGS.data_dir or (trained.config.data.data_dir if trained else None)
     if not dataset:
-        raise ValueError("--dataset is needed without --workdir")
+        raise ValueError("--dataset is needed without --workdir (a pretrained model does not "
+                         "name its dataset)")
     results = {"dataset": dataset}
-    if trained:
+    if FLAGS.pretrained:
+        results.update(pretrained=FLAGS.pretrained)
+    elif trained:
         results.update(workdir=os.path.abspath(FLAGS.workdir), step=trained.step)
     if "bpd" in FLAGS.metrics:
         source = input_pipeline.load_split(dataset, FLAGS.bpd_split, data_dir=data_dir,

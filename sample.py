@@ -1,4 +1,5 @@
 """Samples from a trained DDPM: python sample.py --workdir runs/fmnist --out runs/fmnist/samples
+or from a diffusers model: python sample.py --pretrained google/ddpm-cifar10-32 --out samples
 
 Writes samples.png (grid), samples.npz (uint8 images and float samples) and sample_settings.json;
 with --trajectory also reverse_process.gif and reverse_process.html (slider + play button).
@@ -14,10 +15,12 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import data, distributed, generate, sampling  # noqa: E402
+from ddpm_jax import data, distributed, generate, pretrained, sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
+flags.DEFINE_string("pretrained", None, "A diffusers model directory or hub id, instead of "
+                    "--workdir.")
 flags.DEFINE_string("out", None, "Output directory (default: <workdir>/samples).")
 flags.DEFINE_integer("num_samples", 64, "Number of images.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -34,7 +37,7 @@ flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (condit
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
 flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.")
 flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.")
-flags.mark_flags_as_required(["workdir"])
+flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
 
 
 def main(argv):
@@ -42,18 +45,21 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()
+    if FLAGS.pretrained and not FLAGS.out:
+        sys.exit("sample.py: error: --pretrained needs --out")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
     try:
+        source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir
+        class_names = data.read_class_names(FLAGS.workdir) if FLAGS.workdir else None
         result = generate.generate(
-            FLAGS.workdir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
+            source, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
             params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
             num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
             guidance_scale=FLAGS.guidance_scale,
-            labels=(data.parse_labels(FLAGS.labels, data.read_class_names(FLAGS.workdir))
-                    if FLAGS.labels else None),
+            labels=data.parse_labels(FLAGS.labels, class_names) if FLAGS.labels else None,
             trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None,
             progress=jax.process_index() == 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"sample.py: error: {e}")
     if jax.process_index() == 0:
         for path in generate.write_outputs(out, result,

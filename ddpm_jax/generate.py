@@ -1,6 +1,7 @@
-"""Sampling from a training workdir: checkpoint in, images out.
+"""Sampling from a training workdir or a pretrained model: checkpoint in, images out.
 
     images = ddpm_jax.generate("runs/fmnist", num_samples=16, seed=0).images  # [16, 28, 28, 1]
+    images = generate(pretrained.load("google/ddpm-cifar10-32"), num_samples=16).images
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from ddpm_jax import sampling, train_lib, visualize
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.models import UNet
+from ddpm_jax.pretrained import Pretrained
 from ddpm_jax.schedules import Schedule
 
 PARAMS = ("ema", "raw")
@@ -28,13 +30,14 @@ PARAMS = ("ema", "raw")
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
-    """A restored run: its config, model, image shape, schedule, step and parameter sets."""
+    """A restored run: its config, model, image shape, schedule, step and parameter sets
+    (``step`` is None for a pretrained model, see ``as_trained``)."""
 
     config: ml_collections.ConfigDict
     image_shape: tuple[int, int, int]
     model: UNet
     schedule: Schedule
-    step: int
+    step: int | None
     params: Any
     ema_params: Any
 
@@ -67,6 +70,17 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
                    state.params, state.ema_params)
 
 
+def as_trained(model: Pretrained) -> Trained:
+    """A pretrained model as a run: its sampler defaults become the config's ``diffusion`` and
+    ``sampling`` fields (ancestral sampling over all T steps), and both parameter sets are its."""
+    config = ml_collections.ConfigDict(dict(
+        data=dict(name=None, data_dir=None),
+        diffusion=dict(target=model.target, variance=model.variance),
+        sampling=dict(sampler="ddpm", num_steps=None, eta=0.0, clip_x0=model.clip_x0)))
+    return Trained(config, model.image_shape, model.model, model.schedule, None, model.params,
+                   model.params)
+
+
 @dataclasses.dataclass(frozen=True)
 class Samples:
     """Generated images (float in [-1, 1] and uint8) and, if asked, the reverse process of the
@@ -78,9 +92,9 @@ class Samples:
     settings: dict
 
 
-def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: int | None = None,
-             params: str = "ema", batch_size: int | None = None, sampler: str | None = None,
-             num_steps: int | None = None, eta: float | None = None,
+def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int = 0,
+             step: int | None = None, params: str = "ema", batch_size: int | None = None,
+             sampler: str | None = None, num_steps: int | None = None, eta: float | None = None,
              variance: str | None = None, guidance_scale: float | None = None,
              labels: list[int] | None = None, trajectory_every: int | None = None,
              progress: bool = False, mesh: Mesh | None = None) -> Samples:
@@ -91,7 +105,8 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
     and all of them receive all the images.
 
     Args:
-      workdir: a training workdir, or a ``Trained`` from ``load_workdir``.
+      workdir: a training workdir, a ``Trained`` from ``load_workdir``, or a ``Pretrained``
+        (from ``pretrained.load``, or built from any model, params and schedule).
       num_samples: how many images, >= 1.
       seed: sampling seed; the same seed, checkpoint and settings give identical images.
       step: checkpoint step (default: latest).
@@ -107,7 +122,10 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
       mesh: a mesh with a ``data`` axis (default: every device of every process). The images do
         not depend on it beyond float rounding.
     """
-    trained = workdir if isinstance(workdir, Trained) else load_workdir(workdir, step=step)
+    if isinstance(workdir, Pretrained):
+        trained = as_trained(workdir)
+    else:
+        trained = workdir if isinstance(workdir, Trained) else load_workdir(workdir, step=step)
     config, model = trained.config, trained.model
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -172,6 +190,8 @@ def generate(workdir: str | Trained, *, num_samples: int, seed: int = 0, step: i
                     batch_size=batch_size, target=config.diffusion.target,
                     guidance_scale=guidance_scale,
                     labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
+    if isinstance(workdir, Pretrained):
+        settings["pretrained"] = workdir.source
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 

@@ -131,8 +131,21 @@ def make_schedule(kind: str, num_timesteps: int, **kwargs: float) -> Schedule:
         raise TypeError(f"bad hyperparameters {kwargs} for the {kind!r} schedule: {e}") from None
     if not (np.all(betas > 0) and np.all(betas < 1)):
         raise ValueError(f"the {kind!r} schedule with {kwargs} gives betas outside (0, 1)")
-    alphas_cumprod = np.cumprod(1.0 - betas)
-    arrays = _derive(alphas_cumprod, np)
+    return schedule_from_betas(betas)
+
+
+def schedule_from_betas(betas: np.ndarray) -> Schedule:
+    """The schedule of given betas [T] (e.g. a released model's), derived in float64.
+
+    Raises:
+      ValueError: if ``betas`` is not a non-empty 1-D array with every value in (0, 1).
+    """
+    betas = np.asarray(betas, np.float64)
+    if betas.ndim != 1 or betas.size == 0 or not (np.all(betas > 0) and np.all(betas < 1)):
+        raise ValueError(f"betas must be a non-empty 1-D array with values in (0, 1), got shape "
+                         f"{betas.shape}, range [{betas.min(initial=np.inf)}, "
+                         f"{betas.max(initial=-np.inf)}]")
+    arrays = _derive(np.cumprod(1.0 - betas), np)
     return Schedule(**{k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()})
 
 

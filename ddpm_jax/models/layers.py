@@ -17,23 +17,30 @@ default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 zero_init = nn.initializers.zeros
 
 
-def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
+def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0,
+                       flip_sin_to_cos: bool = False, freq_shift: float = 1.0) -> jax.Array:
     """Sinusoidal embedding of integer timesteps (Vaswani et al.; Ho et al.'s exact form).
 
     Args:
       t: [B] timesteps.
       dim: embedding width (even).
+      flip_sin_to_cos: put the cosines first (diffusers' ``flip_sin_to_cos``).
+      freq_shift: s in the frequencies below (diffusers' ``freq_shift``; Ho et al.: 1).
 
     Returns:
-      [B, dim] float32: ``[sin(t w_0..w_{h-1}), cos(t w_0..w_{h-1})]`` with
-      w_i = max_period^(-i / (h - 1)), h = dim / 2.
+      [B, dim] float32: ``[sin(t w_0..w_{h-1}), cos(t w_0..w_{h-1})]`` (cosines first with
+      ``flip_sin_to_cos``) with w_i = max_period^(-i / (h - s)), h = dim / 2.
     """
     if dim % 2 or dim < 4:
         raise ValueError(f"timestep embedding width must be even and >= 4, got {dim}")
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+    if half - freq_shift <= 0:
+        raise ValueError(f"freq_shift={freq_shift} must be below half the embedding width {half}")
+    freqs = jnp.exp(-math.log(max_period) / (half - freq_shift)
+                    * jnp.arange(half, dtype=jnp.float32))
     args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    parts = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
+    return jnp.concatenate(parts, axis=-1)
 
 
 class GroupNormSwish(nn.Module):

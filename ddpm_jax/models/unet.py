@@ -29,6 +29,9 @@ class UNet(nn.Module):
         are embedded, and label ``num_classes`` is the "null" label of classifier-free guidance.
       resample_with_conv: strided conv / conv after upsampling (Ho et al.), else pooling / none.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters and the output stay float32.
+      flip_sin_to_cos, freq_shift: the timestep embedding's conventions (see
+        ``layers.timestep_embedding``); the defaults are Ho et al.'s. Other values exist to run
+        diffusers models configured with them.
     """
 
     base_channels: int = 128
@@ -41,6 +44,8 @@ class UNet(nn.Module):
     num_classes: int | None = None
     resample_with_conv: bool = True
     dtype: jnp.dtype = jnp.float32
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
 
     def _check(self, x: jax.Array, labels: jax.Array | None) -> None:
         factor = 2 ** (len(self.channel_mults) - 1)
@@ -78,7 +83,8 @@ class UNet(nn.Module):
         res_block = lambda out, name=None: ResBlock(out, self.num_groups, self.dropout, dtype,
                                                     name=name)
 
-        emb = timestep_embedding(t, ch)
+        emb = timestep_embedding(t, ch, flip_sin_to_cos=self.flip_sin_to_cos,
+                                 freq_shift=self.freq_shift)
         emb = nn.Dense(4 * ch, dtype=dtype, kernel_init=default_init, name="temb_dense0")(emb)
         emb = nn.Dense(4 * ch, dtype=dtype, kernel_init=default_init,
                        name="temb_dense1")(nn.swish(emb))
