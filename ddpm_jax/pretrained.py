@@ -3,11 +3,12 @@
     p = pretrained.load("google/ddpm-cifar10-32")  # or a local directory
     images = generate.generate(p, num_samples=16).images  # [16, 32, 32, 3] in [-1, 1]
 
-A diffusers directory holds ``config.json`` (a ``UNet2DModel``), ``diffusion_pytorch_model.safetensors``
-and ``scheduler_config.json`` (a ``DDPMScheduler``), at its root or in ``unet/`` and ``scheduler/``
-(a pipeline). Our ``UNet`` computes what ``UNet2DModel`` computes in Ho et al.'s configuration, so
-the conversion is a renaming and a transposition of tensors, and exact. A config field we cannot
-express, a missing, unused or misshapen tensor is an error naming it, never an approximation.
+A diffusers directory holds ``config.json`` (a ``UNet2DModel``),
+``diffusion_pytorch_model.safetensors`` and ``scheduler_config.json`` (a ``DDPMScheduler``), at
+its root or in ``unet/`` and ``scheduler/`` (a pipeline). Our ``UNet`` computes what
+``UNet2DModel`` computes in Ho et al.'s configuration, so the conversion is a renaming and a
+transposition of tensors, and exact. A config field we cannot express, a missing, unused or
+misshapen tensor is an error naming it, never an approximation.
 Tensors are read and written with safetensors' numpy API: torch is not needed.
 
 Export a training workdir (its EMA parameters by default) for diffusers:
