@@ -156,10 +156,10 @@ def unet_from_config(config: dict[str, Any]) -> tuple[UNet, tuple[int, int, int]
     if head_dim is not None and attn_channels != {head_dim}:
         raise _unsupported(f"{CONFIG_NAME} field attention_head_dim", head_dim,
                            f"null or the channels of every attention layer {sorted(attn_channels)}"
-                           f" (ddpm_jax's attention has a single head)")
+                           " (ddpm_jax's attention has a single head)")
     if c["attn_norm_num_groups"] not in (None, c["norm_num_groups"]):
         raise _unsupported(f"{CONFIG_NAME} field attn_norm_num_groups",
-                           c["attn_norm_num_groups"], f"null or norm_num_groups")
+                           c["attn_norm_num_groups"], "null or norm_num_groups")
     if c["time_embedding_dim"] not in (None, 4 * base):
         raise _unsupported(f"{CONFIG_NAME} field time_embedding_dim", c["time_embedding_dim"],
                            f"null or 4 * block_out_channels[0] = {4 * base}")
@@ -404,7 +404,7 @@ def _match(found: dict[str, tuple], expected: dict[str, tuple], where: str) -> N
     unused = sorted(found.keys() - expected.keys())
     if unused:
         raise ValueError(f"{where}: unused tensors {show(unused)} (not part of the model "
-                         f"the config describes)")
+                         "the config describes)")
     for name in sorted(expected):
         if tuple(found[name]) != tuple(expected[name]):
             raise ValueError(f"{where}: tensor {name} has shape {tuple(found[name])}, expected "

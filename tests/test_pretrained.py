@@ -101,7 +101,7 @@ def test_matches_diffusers_256_block_layout():
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), ref["channel_mean"], rtol=1e-4)
 
 
-def test_legacy_attention_names_load():
+def test_legacy_attention_names_load(tmp_path):
     """Early diffusers files name attention query/key/value/proj_attn; they load the same."""
     legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
@@ -113,9 +113,7 @@ def test_legacy_attention_names_load():
             out[name] = value
         return out
 
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        renamed = pretrained.load(str(_copy_fixture(pathlib.Path(tmp), tensors=rename)))
+    renamed = pretrained.load(str(_copy_fixture(tmp_path, tensors=rename)))
     original = pretrained.load(str(TINY))
     jax.tree.map(np.testing.assert_array_equal, renamed.params, original.params)
 
