@@ -6,10 +6,13 @@ The fixtures in tests/data/ were written by diffusers itself
 installs only ``.[test]``).
 """
 
+import hashlib
+import http.server
 import json
 import pathlib
 import shutil
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -329,21 +332,66 @@ def test_file_errors(tmp_path, monkeypatch):
         pretrained.load("google/ddpm-cifar10-32")
 
 
-def test_hub_id_downloads_the_needed_files(monkeypatch):
-    """A hub id goes to huggingface_hub.snapshot_download (replaced here: no network)."""
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-    calls = []
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """The few Hugging Face Hub endpoints snapshot_download uses, serving ho_tiny's files as
+    the repository google/ddpm-cifar10-32 at commit 0...0."""
 
-    def snapshot_download(repo_id, *, allow_patterns):
-        calls.append((repo_id, allow_patterns))
-        return str(TINY)
+    files = {p.name: p.read_bytes() for p in TINY.iterdir()}
+    requests: list[str] = []
+    repo, sha = "google/ddpm-cifar10-32", "0" * 40
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    p = pretrained.load("google/ddpm-cifar10-32")
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, with_body: bool):
+        self.requests.append(self.path)
+        headers = {}
+        if self.path.startswith(f"/api/models/{self.repo}/revision/"):
+            body = json.dumps({"id": self.repo, "sha": self.sha, "siblings": [
+                {"rfilename": n} for n in self.files]}).encode()
+        elif self.path.startswith(f"/api/models/{self.repo}/tree/"):
+            body = json.dumps([{"type": "file", "path": n, "size": len(b),
+                                "oid": hashlib.sha1(b).hexdigest()}
+                               for n, b in self.files.items()]).encode()
+        elif self.path.startswith(f"/{self.repo}/resolve/{self.sha}/"):
+            body = self.files[self.path.rsplit("/", 1)[-1]]
+            headers = {"X-Repo-Commit": self.sha, "ETag": f'"{hashlib.sha1(body).hexdigest()}"'}
+        else:
+            body = b""
+        self.send_response(404 if not body else 200)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def do_GET(self):
+        self._reply(True)
+
+    def do_HEAD(self):
+        self._reply(False)
+
+
+def test_hub_id_downloads_from_the_hub(monkeypatch, tmp_path):
+    """A hub id is fetched by huggingface_hub, here from a local server (no network): only the
+    files the loader uses."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    try:
+        p = pretrained.load("google/ddpm-cifar10-32")
+    finally:
+        server.shutdown()
     assert p.source == "google/ddpm-cifar10-32" and p.image_shape == (32, 32, 3)
-    assert calls[0][0] == "google/ddpm-cifar10-32"
-    assert set(calls[0][1]) >= {"config.json", "scheduler_config.json",
-                                "diffusion_pytorch_model.safetensors"}
+    jax.tree.map(np.testing.assert_array_equal, p.params, pretrained.load(str(TINY)).params)
+    fetched = {r.rsplit("/", 1)[-1] for r in _Hub.requests if "/resolve/" in r}
+    assert fetched == {"config.json", "scheduler_config.json",
+                       "diffusion_pytorch_model.safetensors"}
 
 
 def test_save_errors(tmp_path):
@@ -382,6 +430,16 @@ def test_timestep_embedding_conventions():
 
 
 # --- sampling and the command lines -------------------------------------------------------------
+
+
+def test_generate_from_your_own_model():
+    """Any model, parameters and schedule sample through generate, without a config."""
+    model = UNet(base_channels=4, channel_mults=(1,), attn_resolutions=(), num_groups=2)
+    p = pretrained.Pretrained(model=model, params=_random_params(model, (8, 8, 1)),
+                              schedule=make_schedule("linear", 5), image_shape=(8, 8, 1))
+    samples = generate.generate(p, num_samples=8, seed=0)
+    assert samples.images.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples.images))
+    assert samples.settings["pretrained"] is None and samples.settings["variance"] == "fixedlarge"
 
 
 def test_export_cli_error(tmp_path, capsys):
