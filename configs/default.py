@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.diffusion.variance = "fixedlarge"  # also what the sampler uses
     config.diffusion.loss = "simple"
     config.diffusion.vlb_weight = 1e-3  # lambda of the hybrid loss
+    config.diffusion.loss_weighting = "none"  # or "min_snr" (Hang et al. 2023)
+    config.diffusion.min_snr_gamma = 5.0  # gamma of the min_snr weighting
 
     config.training = ml_collections.ConfigDict()
     config.training.batch_size = 128  # global, over all devices and processes

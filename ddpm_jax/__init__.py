@@ -16,6 +16,7 @@ from ddpm_jax.diffusion import (
 from ddpm_jax.losses import (
     VariationalBound,
     discretized_gaussian_log_likelihood,
+    min_snr_weight,
     normal_kl,
     prior_kl,
     training_loss,

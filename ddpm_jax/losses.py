@@ -18,6 +18,8 @@ from ddpm_jax import diffusion
 from ddpm_jax.diffusion import DenoiseFn
 from ddpm_jax.schedules import Schedule
 
+LOSS_WEIGHTINGS = ("min_snr", "none")
+
 
 def mean_flat(x: jax.Array) -> jax.Array:
     """Mean over every axis but the first: [B, ...] -> [B]."""
@@ -91,9 +93,31 @@ def vlb_term(schedule: Schedule, model_output: jax.Array, x0: jax.Array, x_t: ja
     return jnp.where(t == 0, decoder_nll, kl)
 
 
+def min_snr_weight(schedule: Schedule, t: jax.Array, *, target: str = "eps",
+                   gamma: float = 5.0) -> jax.Array:
+    """Min-SNR-gamma weight of the squared error of ``target`` at timesteps ``t`` [B] -> [B].
+
+    Hang et al. 2023 weight the x_0 error by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t).
+    As ||eps error||^2 = SNR_t ||x_0 error||^2 and ||v error||^2 = (SNR_t + 1) ||x_0 error||^2,
+    the same weighting is min(SNR_t, gamma) / SNR_t for ``'eps'``, min(SNR_t, gamma) for
+    ``'x0'`` and min(SNR_t, gamma) / (SNR_t + 1) for ``'v'``.
+    """
+    diffusion.check_choice("target", target, diffusion.TARGETS)
+    if not gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {gamma!r}")
+    snr = schedule.alphas_cumprod[t] / schedule.sqrt_one_minus_alphas_cumprod[t] ** 2
+    clipped = jnp.minimum(snr, gamma)
+    if target == "eps":
+        return clipped / snr
+    if target == "x0":
+        return clipped
+    return clipped / (snr + 1.0)
+
+
 def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key: jax.Array, *,
                   target: str = "eps", variance: str = "fixedlarge", loss: str = "simple",
-                  vlb_weight: float = 1e-3) -> jax.Array:
+                  vlb_weight: float = 1e-3, loss_weighting: str = "none",
+                  min_snr_gamma: float = 5.0) -> jax.Array:
     """Per-example training loss with t ~ U{0, ..., T-1} and eps ~ N(0, I).
 
     Args:
@@ -110,12 +134,19 @@ def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key:
         trains a learned variance (Nichol & Dhariwal's L_hybrid; requires
         ``variance='learned_range'``).
       vlb_weight: lambda of L_hybrid.
+      loss_weighting: per-timestep weight of the squared error (not of the bound term):
+        ``'none'`` or ``'min_snr'`` (``min_snr_weight``; not with ``loss='vlb'``).
+      min_snr_gamma: gamma of the Min-SNR weighting (Hang et al. use 5).
 
     Returns:
       [B] losses; take the mean for the batch loss.
     """
     diffusion.check_choice("loss", loss, diffusion.LOSSES)
     diffusion.check_choice("target", target, diffusion.TARGETS)
+    diffusion.check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
+    if loss == "vlb" and loss_weighting != "none":
+        raise ValueError(f"loss_weighting={loss_weighting!r} weights the squared error; "
+                         f"loss='vlb' has none (use loss='simple' or 'hybrid')")
     if loss == "hybrid" and variance != "learned_range":
         raise ValueError(f"loss='hybrid' trains a learned variance; it needs "
                          f"variance='learned_range', got {variance!r}")
@@ -135,6 +166,8 @@ def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key:
     else:
         target_value = diffusion.v_from_x0_eps(schedule, x0, t, noise)
     mse = mean_flat((target_value - prediction) ** 2)
+    if loss_weighting == "min_snr":
+        mse = mse * min_snr_weight(schedule, t, target=target, gamma=min_snr_gamma)
     if loss == "simple":
         return mse
     frozen = jnp.concatenate([jax.lax.stop_gradient(prediction), variance_logits], axis=-1)

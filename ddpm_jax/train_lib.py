@@ -118,7 +118,8 @@ def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTr
             denoise_fn = denoiser(model, params, labels, train=True, rngs={"dropout": dropout_key})
             per_example = losses.training_loss(
                 denoise_fn, schedule, batch["image"], loss_key, target=d.target,
-                variance=d.variance, loss=d.loss, vlb_weight=d.vlb_weight)
+                variance=d.variance, loss=d.loss, vlb_weight=d.vlb_weight,
+                loss_weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma)
             return jnp.mean(per_example)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

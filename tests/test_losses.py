@@ -107,3 +107,56 @@ def test_variational_bound_structure():
     assert b.diffusion_terms.shape == (29, 4)
     np.testing.assert_allclose(b.total, b.prior + b.decoder + b.diffusion_terms.sum(0), rtol=1e-5)
     assert np.all(b.diffusion_terms >= -1e-4) and np.all(b.prior >= 0) and np.all(b.decoder > 0)
+
+
+def _min_snr_weight_reference(betas, t, target, gamma):
+    """numpy float64 transcription of diffusers' examples/text_to_image/train_text_to_image.py
+    (``compute_snr``; ``mse_loss_weights = stack([snr, gamma]).min() / snr`` for epsilon,
+    ``/ (snr + 1)`` for v_prediction) and of lucidrains' denoising_diffusion_pytorch
+    ``GaussianDiffusion.__init__`` (``loss_weight = maybe_clipped_snr`` for pred_x0)."""
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, np.float64))
+    snr = alphas_cumprod[t] / (1.0 - alphas_cumprod[t])
+    clipped = np.minimum(snr, gamma)
+    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[target]
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weight_matches_float64_reference(target, gamma):
+    s = d.make_schedule("linear", 1000)
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)  # Ho et al.'s schedule, not ours
+    t = np.array([0, 1, 10, 100, 250, 500, 999])
+    weight = jax.jit(lambda t: d.min_snr_weight(s, t, target=target, gamma=gamma))(t)
+    np.testing.assert_allclose(weight, _min_snr_weight_reference(betas, t, target, gamma),
+                               rtol=2e-5)
+    assert weight.shape == t.shape
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_min_snr_loss_is_the_weighted_squared_error(target):
+    s = d.make_schedule("linear", 100)
+    x0 = jax.random.uniform(jax.random.key(3), (64, 5), minval=-1, maxval=1)
+    seen = {}
+
+    def predictor(x, t):
+        seen["t"] = np.asarray(t)
+        return 0.3 * x
+
+    key = jax.random.key(4)
+    plain = d.training_loss(predictor, s, x0, key, target=target)
+    weighted = d.training_loss(predictor, s, x0, key, target=target, loss_weighting="min_snr",
+                               min_snr_gamma=2.0)
+    ref = _min_snr_weight_reference(np.asarray(s.betas, np.float64), seen["t"], target, 2.0)
+    np.testing.assert_allclose(weighted, ref * np.asarray(plain), rtol=1e-4)
+    assert not np.allclose(weighted, plain)
+
+
+def test_min_snr_rejects_bad_options():
+    s = d.make_schedule("linear", 10)
+    x0, fn, key = jnp.zeros((2, 3)), (lambda x, t: x), jax.random.key(0)
+    with pytest.raises(ValueError, match="unknown loss_weighting 'snr'"):
+        d.training_loss(fn, s, x0, key, loss_weighting="snr")
+    with pytest.raises(ValueError, match="loss='vlb'"):
+        d.training_loss(fn, s, x0, key, loss="vlb", loss_weighting="min_snr")
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        d.training_loss(fn, s, x0, key, loss_weighting="min_snr", min_snr_gamma=0.0)
