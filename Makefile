@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= runs/fmnist
+DEMO_SAMPLES ?= 36
+DEMO_START := $(shell date +%s)
+DEMO_TRAIN := $(PY) train.py --config configs/fashion_mnist.py --workdir $(DEMO_DIR)
+DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLES) --trajectory
 
 .PHONY: demo test bench data clean
 
@@ -19,9 +23,20 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# Trains, samples, then prints where the outputs are and the wall time (setup included).
 demo: $(VENV)/.installed-test data
-	$(PY) train.py --config configs/fashion_mnist.py --workdir $(DEMO_DIR)
-	$(PY) sample.py --workdir $(DEMO_DIR) --num_samples 36 --trajectory
+	@set -e; t1=$$(date +%s); \
+	echo '$(DEMO_TRAIN)'; $(DEMO_TRAIN); t2=$$(date +%s); \
+	echo '$(DEMO_SAMPLE)'; $(DEMO_SAMPLE); t3=$$(date +%s); \
+	out='$(abspath $(DEMO_DIR))/samples'; \
+	total=$$((t3 - $(DEMO_START))); \
+	echo; echo "make demo done in $$((total / 60)) min $$((total % 60)) s (wall time):" \
+	  "setup $$((t1 - $(DEMO_START))) s," \
+	  "training $$((t2 - t1)) s, sampling $$((t3 - t2)) s. Open:"; \
+	echo "  samples (grid):          $$out/samples.png"; \
+	echo "  reverse process (GIF):   $$out/reverse_process.gif"; \
+	echo "  reverse process (HTML):  file://$$out/reverse_process.html  (slider, play/pause)"; \
+	echo "  images as numpy:         $$out/samples.npz"
 
 test: $(VENV)/.installed-test data
 	$(PY) -m pytest -q --durations=15 || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests"; exit $$rc; }

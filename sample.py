@@ -37,6 +37,8 @@ flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (condit
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
 flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.")
 flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.")
+flags.DEFINE_integer("grid_scale", None, "Upscaling factor of samples.png's images (default: "
+                     "the smallest giving at least 96 pixels per image).", lower_bound=1)
 flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
 
 
@@ -63,7 +65,8 @@ def main(argv):
         sys.exit(f"sample.py: error: {e}")
     if jax.process_index() == 0:
         for path in generate.write_outputs(out, result,
-                                           trajectory_samples=FLAGS.trajectory_samples):
+                                           trajectory_samples=FLAGS.trajectory_samples,
+                                           grid_scale=FLAGS.grid_scale):
             print(path)
 
 

@@ -195,14 +195,19 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 
-def write_outputs(out: str, samples: Samples, *, trajectory_samples: int = 16) -> list[str]:
+def write_outputs(out: str, samples: Samples, *, trajectory_samples: int = 16,
+                  grid_scale: int | None = None) -> list[str]:
     """Writes samples.png, samples.npz, sample_settings.json and, with a trajectory,
-    reverse_process.gif and reverse_process.html. Returns the paths written."""
+    reverse_process.gif and reverse_process.html. Returns the paths written.
+
+    ``grid_scale`` upscales samples.png's tiles (default: ``visualize.make_grid``'s, at least
+    96 pixels per image); the GIF and the HTML viewer scale their own frames."""
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in (
         "samples.png", "samples.npz", "sample_settings.json", "reverse_process.gif",
         "reverse_process.html")}
-    visualize.save_png(paths["samples.png"], visualize.make_grid(samples.images_uint8))
+    visualize.save_png(paths["samples.png"], visualize.make_grid(samples.images_uint8,
+                                                                      scale=grid_scale))
     np.savez(paths["samples.npz"], images=samples.images_uint8, samples=samples.images)
     with open(paths["sample_settings.json"], "w") as f:
         json.dump(samples.settings, f, indent=2)
@@ -211,7 +216,7 @@ def write_outputs(out: str, samples: Samples, *, trajectory_samples: int = 16) -
     traj = samples.trajectory
     n = min(trajectory_samples, traj.x_t.shape[1])
     final = samples.images_uint8[:n]
-    grids = lambda frames: np.stack([visualize.make_grid(f) for f in frames])
+    grids = lambda frames: np.stack([visualize.make_grid(f, scale=1) for f in frames])
     x_t = grids(np.concatenate([visualize.to_uint8(traj.x_t[:, :n]), final[None]]))
     x0 = grids(np.concatenate([visualize.to_uint8(traj.pred_x0[:, :n]), final[None]]))
     timesteps = np.append(np.asarray(traj.timesteps) + 1, 0)  # paper convention; 0 = final x_0

@@ -19,6 +19,7 @@ from PIL import Image
 
 _CHANNELS = (1, 3)
 _MIN_GIF_FRAME_MS = 20  # Browsers play shorter GIF frame delays at 100 ms.
+MIN_TILE_SIZE = 96  # pixels: make_grid upscales smaller images to at least this by default
 
 
 def _check_uint8_images(name: str, images: npt.ArrayLike, *, axes: str) -> np.ndarray:
@@ -91,35 +92,56 @@ def to_uint8(images: npt.ArrayLike) -> np.ndarray:
     return np.clip(np.floor((images + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
 
 
+def _upscale(images: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of checked [N, H, W, C] images by an integer ``scale``."""
+    return images.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def grid_scale_for(height: int, width: int, *, min_size: int = MIN_TILE_SIZE) -> int:
+    """The smallest integer factor that makes an H x W image at least ``min_size`` pixels on
+    its longer side (1 for images that already are): 4 for 28x28, 3 for 32x32, 1 for 128x128."""
+    _check_int("height", height, 1)
+    _check_int("width", width, 1)
+    _check_int("min_size", min_size, 1)
+    return max(1, math.ceil(min_size / max(height, width)))
+
+
 def make_grid(
     images: npt.ArrayLike,
     *,
     num_cols: int | None = None,
     padding: int = 2,
     pad_value: int = 255,
+    scale: int | None = None,
 ) -> np.ndarray:
     """Tiles images row-major into one image, with ``padding`` pixels around every tile.
 
     Args:
         images: uint8 [N, H, W, C], C in {1, 3}.
         num_cols: Tiles per row; default ceil(sqrt(N)) (near-square). Capped at N.
-        padding: Pixels between tiles and around the border, >= 0.
+        padding: Pixels between tiles and around the border, >= 0 (not scaled).
         pad_value: Value in [0, 255] of the padding and of empty trailing cells.
+        scale: Integer nearest-neighbour upscaling factor of every tile, >= 1; default
+            ``grid_scale_for(H, W)``, so tiles of small images are at least 96 pixels wide.
 
     Returns:
-        uint8 [rows * (H + padding) + padding, cols * (W + padding) + padding, C], where
-        cols = min(num_cols, N) and rows = ceil(N / cols). Tile i has its top-left corner
-        at (padding + (i // cols) * (H + padding), padding + (i % cols) * (W + padding)).
+        uint8 [rows * (sH + padding) + padding, cols * (sW + padding) + padding, C], where
+        s = scale, cols = min(num_cols, N) and rows = ceil(N / cols). Tile i has its top-left
+        corner at (padding + (i // cols) * (sH + padding), padding + (i % cols) * (sW + padding)).
 
     Raises:
         ValueError: Bad shape or dtype of ``images``, or a bad option value.
     """
     images = _check_uint8_images("images", images, axes="N, H, W, C")
-    n, h, w, c = images.shape
     if num_cols is not None:
         _check_int("num_cols", num_cols, 1)
     _check_int("padding", padding, 0)
     _check_int("pad_value", pad_value, 0, 255)
+    if scale is None:
+        scale = grid_scale_for(images.shape[1], images.shape[2])
+    _check_int("scale", scale, 1)
+    images = _upscale(images, scale)
+    n, h, w, c = images.shape
     cols = min(num_cols or math.ceil(math.sqrt(n)), n)
     rows = math.ceil(n / cols)
     grid_shape = (rows * (h + padding) + padding, cols * (w + padding) + padding, c)
@@ -177,7 +199,7 @@ def save_gif(
     _check_int("frame_ms", frame_ms, _MIN_GIF_FRAME_MS)
     _check_int("hold_last_ms", hold_last_ms, _MIN_GIF_FRAME_MS)
     _check_int("scale", scale, 1)
-    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    frames = _upscale(frames, scale)
     first, *rest = [_to_pil(frame) for frame in frames]
     first.save(
         path,

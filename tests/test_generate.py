@@ -62,7 +62,8 @@ def test_sample_cli_outputs(trained_workdir, tmp_path):
     result = run_cli(*args, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     grid = Image.open(out / "samples.png")
-    assert grid.size == (3 * 30 + 2, 3 * 30 + 2)  # 8 images -> 3x3 grid of 28 px + 2 px padding
+    # 8 images -> 3x3 grid of 28 px tiles upscaled 4x to 112 px (>= 96), 2 px padding
+    assert grid.size == (3 * 114 + 2, 3 * 114 + 2)
     npz = np.load(out / "samples.npz")
     assert npz["images"].shape == (8, 28, 28, 1) and npz["images"].dtype == np.uint8
     assert npz["samples"].dtype == np.float32
@@ -77,8 +78,9 @@ def test_sample_cli_outputs(trained_workdir, tmp_path):
     assert len(frames) == 10
     for frame in frames:
         Image.open(io.BytesIO(base64.b64decode(frame))).verify()
-    again = run_cli(*args, "--out", str(tmp_path / "again"))
+    again = run_cli(*args, "--out", str(tmp_path / "again"), "--grid_scale", "2")
     assert again.returncode == 0
+    assert Image.open(tmp_path / "again" / "samples.png").size == (3 * 58 + 2, 3 * 58 + 2)
     assert (out / "samples.npz").read_bytes() == (tmp_path / "again" / "samples.npz").read_bytes()
 
 
@@ -93,6 +95,9 @@ def test_bad_inputs(trained, trained_workdir, tmp_path):
         generate.generate(trained, num_samples=1, sampler="ddnm")
     with pytest.raises(ValueError, match="unknown params 'best'"):
         generate.generate(trained, num_samples=1, params="best")
+    result = run_cli("sample.py", "--workdir", str(trained_workdir), "--grid_scale", "0")
+    assert result.returncode == 1 and "--grid_scale=0" in result.stderr
+    assert not (trained_workdir / "samples").exists()
     result = run_cli("sample.py", "--workdir", str(tmp_path / "missing"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("sample.py: error: ")

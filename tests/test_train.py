@@ -131,7 +131,7 @@ def test_train_cli_writes_everything(trained_workdir):
     assert [json.loads(l)["step"] for l in open(w / "metrics.jsonl")] == [1, 2, 3, 4]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(w / "tensorboard"))
     from PIL import Image
-    assert Image.open(w / "previews" / "step_4.png").size == (62, 62)  # 2x2 grid of 28 + pad 2
+    assert Image.open(w / "previews" / "step_4.png").size == (230, 230)  # 2x2 of 4x 28 + pad 2
 
 
 @pytest.mark.slow

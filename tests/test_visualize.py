@@ -87,7 +87,7 @@ def test_to_uint8_rejects_nan():
 @pytest.mark.parametrize("c", [1, 3])
 def test_make_grid_size_and_tile_positions(n, num_cols, padding, rows, cols, c):
     h, w = 5, 4
-    grid = visualize.make_grid(_tiles(n, h, w, c), num_cols=num_cols, padding=padding)
+    grid = visualize.make_grid(_tiles(n, h, w, c), num_cols=num_cols, padding=padding, scale=1)
     assert grid.dtype == np.uint8
     assert grid.shape == (rows * (h + padding) + padding, cols * (w + padding) + padding, c)
     expected = np.full(grid.shape, 255, np.uint8)
@@ -99,11 +99,35 @@ def test_make_grid_size_and_tile_positions(n, num_cols, padding, rows, cols, c):
 
 
 def test_make_grid_pad_value_fills_padding_and_empty_cells():
-    grid = visualize.make_grid(np.full((3, 2, 2, 1), 9, np.uint8), padding=1, pad_value=0)
+    grid = visualize.make_grid(np.full((3, 2, 2, 1), 9, np.uint8), padding=1, pad_value=0,
+                               scale=1)
     assert grid.shape == (7, 7, 1)
     assert (grid == 9).sum() == 3 * 4
     assert (grid == 0).sum() == grid.size - 3 * 4
     assert (grid[4:6, 4:6] == 0).all()  # the fourth cell is empty
+
+
+@pytest.mark.parametrize("h, w, expected", [(28, 28, 4), (32, 32, 3), (64, 64, 2), (96, 96, 1),
+                                             (97, 40, 1), (20, 30, 4), (256, 256, 1)])
+def test_grid_scale_for_is_the_smallest_factor_reaching_96_pixels(h, w, expected):
+    scale = visualize.grid_scale_for(h, w)
+    assert scale == expected
+    assert max(h, w) * scale >= 96 and (scale == 1 or max(h, w) * (scale - 1) < 96)
+
+
+@pytest.mark.parametrize("scale", [None, 1, 3])
+def test_make_grid_upscales_tiles_by_nearest_neighbour(scale):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    grid = visualize.make_grid(images, num_cols=3, padding=2, scale=scale)
+    s = 4 if scale is None else scale  # 28 px: the default reaches 96 px with 4x
+    assert grid.shape == (2 * (28 * s + 2) + 2, 3 * (28 * s + 2) + 2, 1)
+    for i, image in enumerate(images):
+        top, left = 2 + (i // 3) * (28 * s + 2), 2 + (i % 3) * (28 * s + 2)
+        tile = grid[top : top + 28 * s, left : left + 28 * s]
+        for dy in range(s):  # every s x s block of the tile is one source pixel
+            for dx in range(s):
+                np.testing.assert_array_equal(tile[dy::s, dx::s], image)
 
 
 @pytest.mark.parametrize("c, mode", [(1, "L"), (3, "RGB")])
@@ -237,6 +261,8 @@ def test_reverse_process_html_is_self_contained(tmp_path):
         (lambda: visualize.make_grid(np.zeros((2, 4, 4, 3), np.uint8), padding=-1), "padding"),
         (lambda: visualize.make_grid(np.zeros((2, 4, 4, 3), np.uint8), pad_value=256),
          "pad_value"),
+        (lambda: visualize.make_grid(np.zeros((2, 4, 4, 3), np.uint8), scale=0), "scale"),
+        (lambda: visualize.grid_scale_for(0, 4), "height"),
         (lambda: visualize.save_png("unused.png", np.zeros((1, 4, 4, 3), np.uint8)), "H, W, C"),
         (lambda: visualize.save_png("unused.png", np.zeros((4, 4, 4), np.uint8)), r"C in"),
         (lambda: visualize.save_gif("unused.gif", np.zeros((4, 4, 3), np.uint8)), "F, H, W, C"),
