@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ddpm_jax import evaluation, input_pipeline, visualize
+from ddpm_jax import data, evaluation, visualize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_REFERENCE = os.path.join(ROOT, "..", "shared", "reference",
@@ -59,7 +59,7 @@ def load_images(path: str, *, num_images: int, name: str) -> np.ndarray:
 def score(images: np.ndarray, extractor: evaluation.FeatureFunction,
           reference: evaluation.ReferenceStats, *, kid_subsets: int, seed: int) -> dict[str, Any]:
     """FID and KID of uint8 images [N, H, W, C] against the reference statistics."""
-    features = extractor(input_pipeline.to_model_range(images))
+    features = extractor(data.to_model_range(images))
     return evaluation.compare_features(features, reference, kid_subsets=kid_subsets,
                                        kid_subset_size=len(images), seed=seed)
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from ddpm_jax import evaluation, input_pipeline
+from ddpm_jax import data, evaluation
 
 _spec = importlib.util.spec_from_file_location("demo_vs_reference",
                                                ROOT / "benchmarks" / "demo_vs_reference.py")
@@ -20,7 +20,7 @@ _spec.loader.exec_module(harness)
 def inputs(fashion_dir, tmp_path_factory):
     """A 20-step classifier, real training images as the 'demo', uniform noise as 'reference'."""
     tmp = tmp_path_factory.mktemp("demo_vs_reference")
-    load = lambda split: input_pipeline.load_split("fashion_mnist", split, data_dir=fashion_dir)
+    load = lambda split: data.load_split("fashion_mnist", split, data_dir=fashion_dir)
     train, test = load("train[:512]"), load("test[:64]")
     params, accuracy = evaluation.train_classifier(train, test, steps=20, batch_size=32)
     classifier = str(tmp / "classifier.msgpack")
