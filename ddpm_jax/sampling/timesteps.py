@@ -52,9 +52,10 @@ def _nearest_distinct(levels: jax.Array, targets: jax.Array) -> jax.Array:
     idx = jnp.argmin(jnp.abs(levels[None, :] - targets[:, None]), axis=1).astype(jnp.int32)
     idx = idx.at[0].set(0).at[-1].set(levels.shape[0] - 1)
     steps = jnp.arange(targets.shape[0], dtype=jnp.int32)
-    # t_i = max(t_i, t_{i-1} + 1) upwards, then t_i = min(t_i, t_{i+1} - 1) downwards.
+    # t_i = max(t_i, t_{i-1} + 1) upwards, then t_i = min(t_i, t_{i+1} - 1, T - S + i) downwards.
+    num_levels, num_targets = levels.shape[0], targets.shape[0]
     idx = jax.lax.cummax(idx - steps) + steps
-    return jax.lax.cummin(idx - steps, reverse=True) + steps
+    return jax.lax.cummin(jnp.minimum(idx - steps, num_levels - num_targets), reverse=True) + steps
 
 
 def sampling_timesteps(schedule: Schedule, num_steps: int | None, *,
