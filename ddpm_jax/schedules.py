@@ -84,11 +84,13 @@ def _linear_betas(num_timesteps: int, *, beta_start: float | None = None,
                   beta_end: float | None = None, max_beta: float = 0.999):
     """Ho et al.'s 1e-4 -> 0.02 at T = 1000, both scaled by 1000 / T for other T as in
     improved-diffusion (``gaussian_diffusion.get_named_beta_schedule``), so abar_{T-1} stays
-    near 0 at any T. Endpoints given explicitly are used as they are."""
+    near 0 at any T (unscaled, T = 20 ends at abar = 0.82: x_T is far from N(0, I)). The
+    scaled end is capped at ``max_beta`` (it reaches 1 at T = 20). Endpoints given explicitly
+    are used as they are."""
     scale = 1000 / num_timesteps
     beta_start = scale * 1e-4 if beta_start is None else beta_start
-    beta_end = scale * 0.02 if beta_end is None else beta_end
-    return np.minimum(np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64), max_beta)
+    beta_end = min(scale * 0.02, max_beta) if beta_end is None else beta_end
+    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
 def _cosine_betas(num_timesteps: int, *, s: float = 0.008, max_beta: float = 0.999):
@@ -118,7 +120,8 @@ def make_schedule(kind: str, num_timesteps: int, **kwargs: float) -> Schedule:
 
     Args:
       kind: ``'linear'`` (Ho et al.: beta from ``beta_start`` to ``beta_end``, by default
-        1e-4 and 0.02 scaled by 1000 / T as in improved-diffusion, capped at ``max_beta=0.999``),
+        1e-4 and 0.02 scaled by 1000 / T as in improved-diffusion, the end capped at
+        ``max_beta=0.999``; explicit endpoints are taken as given),
         ``'cosine'`` (Nichol & Dhariwal: ``s=0.008``, ``max_beta=0.999``) or ``'sigmoid'``
         (``start=-3``, ``end=3``, ``tau=1``, ``max_beta=0.999``).
       num_timesteps: T >= 1.
