@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from ddpm_jax import evaluation, input_pipeline
+from ddpm_jax import data as input_pipeline, evaluation
 
 spec = importlib.util.spec_from_file_location("sampler_quality",
                                               ROOT / "benchmarks" / "sampler_quality.py")
