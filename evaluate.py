@@ -54,8 +54,9 @@ flags.DEFINE_integer("feature_batch_size", 200, "Images per feature-network call
 flags.DEFINE_integer("num_samples", 1000, "Generated (and, for floor, real) images.")
 flags.DEFINE_integer("sample_batch_size", 256, "Images per sampler call, a multiple of the "
                      "device count.")
-flags.DEFINE_string("sampler", None, "ddpm or ddim (default: the run's config).")
+flags.DEFINE_string("sampler", None, "ddpm, ddim, dpmpp_2m or heun (default: the run's config).")
 flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config).")
+flags.DEFINE_string("spacing", None, "time, logsnr or karras (default: the run's config).")
 flags.DEFINE_float("eta", None, "DDIM eta (default: the run's config).")
 flags.DEFINE_string("reference_split", "test", "Real images the samples are compared with.")
 flags.DEFINE_string("floor_split", "train", "Real images compared with the reference for floor.")
@@ -152,7 +153,7 @@ def evaluate() -> dict:
             evaluation.fid_kid, trained, num_samples=FLAGS.num_samples, reference=reference,
             feature_extractor=extractor, params=FLAGS.params,
             batch_size=FLAGS.sample_batch_size, sampler=FLAGS.sampler,
-            num_steps=FLAGS.num_steps, eta=FLAGS.eta, **kid)
+            num_steps=FLAGS.num_steps, spacing=FLAGS.spacing, eta=FLAGS.eta, **kid)
     if "floor" in FLAGS.metrics:
         def floor():
             real = input_pipeline.load_split(dataset, FLAGS.floor_split, data_dir=data_dir,

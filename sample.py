@@ -29,6 +29,7 @@ flags.DEFINE_enum("params", "ema", list(generate.PARAMS), "EMA or raw parameters
 flags.DEFINE_integer("batch_size", None, "Images per sampler call (default: all).")
 flags.DEFINE_string("sampler", None, f"One of {list(sampling.SAMPLERS)} (default: the config's).")
 flags.DEFINE_integer("num_steps", None, "Sampling steps (default: all T).")
+flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the config's).")
 flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
 flags.DEFINE_string("variance", None, "fixedlarge or fixedsmall (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (conditional models).")
@@ -56,7 +57,8 @@ def main(argv):
         result = generate.generate(
             source, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
             params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
-            num_steps=FLAGS.num_steps, eta=FLAGS.eta, variance=FLAGS.variance,
+            num_steps=FLAGS.num_steps, spacing=FLAGS.spacing, eta=FLAGS.eta,
+            variance=FLAGS.variance,
             guidance_scale=FLAGS.guidance_scale,
             labels=data.parse_labels(FLAGS.labels, class_names) if FLAGS.labels else None,
             trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None,

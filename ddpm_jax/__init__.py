@@ -23,7 +23,15 @@ from ddpm_jax.losses import (
     variational_bound,
     vlb_term,
 )
-from ddpm_jax.sampling import Trajectory, classifier_free_guidance, ddim_step, sample
+from ddpm_jax.sampling import (
+    Trajectory,
+    classifier_free_guidance,
+    ddim_step,
+    dpmpp_2m_step,
+    heun_step,
+    sample,
+    sampling_timesteps,
+)
 from ddpm_jax.schedules import Schedule, make_schedule, respace
 
 __version__ = "0.1.0"

@@ -40,8 +40,13 @@ def extract(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
     return expand_to(values[jnp.asarray(t)], ndim)
 
 
-def _check_t(schedule: Schedule, t) -> None:
-    """Raises for concrete timesteps outside [0, T-1] (traced ones cannot be checked)."""
+def _check_t(schedule: Schedule, t, x: jax.Array) -> None:
+    """Raises for a ``t`` that is not a scalar or [B] for ``x`` [B, ...], and for concrete
+    timesteps outside [0, T-1] (traced values cannot be checked, their shapes can)."""
+    shape = np.shape(t)
+    if len(shape) > 1 or (shape and x.ndim and shape[0] != x.shape[0]):
+        raise ValueError(f"timesteps t must have shape [B] = [{x.shape[0] if x.ndim else ''}] "
+                         f"(or be a scalar), got shape {tuple(shape)} for x of shape {x.shape}")
     if isinstance(t, jax.core.Tracer):
         return
     t = np.asarray(t)
@@ -69,19 +74,21 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
       [B, ...] x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
     """
     chex.assert_equal_shape([x0, noise])
-    _check_t(schedule, t)
+    _check_t(schedule, t, x0)
     return (extract(schedule.sqrt_alphas_cumprod, t, x0.ndim) * x0
             + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
 
 
-def q_mean_variance(schedule: Schedule, x0: jax.Array, t: jax.Array):
+def q_mean_variance(schedule: Schedule, x0: jax.Array,
+                    t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Mean, variance and log-variance of q(x_t | x_0); mean is [B, ...], the others broadcast."""
-    _check_t(schedule, t)
+    _check_t(schedule, t, x0)
     abar = extract(schedule.alphas_cumprod, t, x0.ndim)
     return jnp.sqrt(abar) * x0, 1.0 - abar, jnp.log1p(-abar)
 
 
-def q_posterior(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array):
+def q_posterior(schedule: Schedule, x0: jax.Array, x_t: jax.Array,
+                t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The true reverse posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7).
 
     Args:
@@ -95,7 +102,7 @@ def q_posterior(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array)
       (broadcastable), the log clipped at t = 0 where the variance is 0.
     """
     chex.assert_equal_shape([x0, x_t])
-    _check_t(schedule, t)
+    _check_t(schedule, t, x_t)
     mean = (extract(schedule.posterior_mean_coef1, t, x_t.ndim) * x0
             + extract(schedule.posterior_mean_coef2, t, x_t.ndim) * x_t)
     return (mean, extract(schedule.posterior_variance, t, x_t.ndim),
@@ -105,37 +112,40 @@ def q_posterior(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array)
 # --- conversions between parameterisations ----------------------------------------------------
 
 
-def predict_x0_from_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array):
+def predict_x0_from_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array,
+                        eps: jax.Array) -> jax.Array:
     """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); all arrays [B, ...]."""
     return ((x_t - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * eps)
             / extract(schedule.sqrt_alphas_cumprod, t, x_t.ndim))
 
 
-def predict_eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array):
+def predict_eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array,
+                        x0: jax.Array) -> jax.Array:
     """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); all arrays [B, ...]."""
     return ((x_t - extract(schedule.sqrt_alphas_cumprod, t, x_t.ndim) * x0)
             / extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim))
 
 
-def v_from_x0_eps(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array):
+def v_from_x0_eps(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     """The v target (Salimans & Ho, 2022): v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
     return (extract(schedule.sqrt_alphas_cumprod, t, x0.ndim) * eps
             - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0)
 
 
-def predict_x0_from_v(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array):
+def predict_x0_from_v(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
     """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
     return (extract(schedule.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
             - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v)
 
 
-def predict_eps_from_v(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array):
+def predict_eps_from_v(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
     """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v."""
     return (extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
             + extract(schedule.sqrt_alphas_cumprod, t, x_t.ndim) * v)
 
 
-def split_model_output(model_output: jax.Array, x_t: jax.Array, variance: str):
+def split_model_output(model_output: jax.Array, x_t: jax.Array,
+                       variance: str) -> tuple[jax.Array, jax.Array | None]:
     """Splits a ``learned_range`` output [B, ..., 2C] into (prediction, variance logits) [B, ..., C].
 
     For fixed variances the output is [B, ..., C] and the logits are None.
@@ -154,12 +164,13 @@ def split_model_output(model_output: jax.Array, x_t: jax.Array, variance: str):
 
 
 def predict_x0_and_eps(schedule: Schedule, prediction: jax.Array, x_t: jax.Array, t: jax.Array,
-                       *, target: str, clip_x0: bool):
+                       *, target: str, clip_x0: bool) -> tuple[jax.Array, jax.Array]:
     """Both x_0 and eps from a network ``prediction`` of ``target``; [B, ...] each.
 
     With ``clip_x0`` the x_0 prediction is clipped to [-1, 1] and eps recomputed from it.
     """
     check_choice("target", target, TARGETS)
+    _check_t(schedule, t, x_t)
     if target == "eps":
         eps = prediction
         x0 = predict_x0_from_eps(schedule, x_t, t, eps)
@@ -189,7 +200,7 @@ class PMeanVariance(NamedTuple):
 
 def p_mean_variance(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
                     *, target: str = "eps", variance: str = "fixedlarge",
-                    clip_x0: bool = False) -> PMeanVariance:
+                    clip_x0: bool = True) -> PMeanVariance:
     """Mean and variance of the learned reverse step p_theta(x_{t-1} | x_t).
 
     Args:
@@ -201,13 +212,14 @@ def p_mean_variance(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
       variance: ``'fixedlarge'`` (beta_t), ``'fixedsmall'`` (the posterior's beta-tilde_t), or
         ``'learned_range'`` (Nichol & Dhariwal: the output's second half v in [-1, 1] gives
         log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta-tilde_t).
-      clip_x0: clip the x_0 prediction to [-1, 1] before forming the mean.
+      clip_x0: clip the x_0 prediction to [-1, 1] before forming the mean (the default, as in
+        every sampler: right for images in [-1, 1]; latents and other data must pass False).
 
     Returns:
       A ``PMeanVariance``. For ``target='eps'`` without clipping the mean is Ho et al.'s
       mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t), computed by that formula.
     """
-    _check_t(schedule, t)
+    _check_t(schedule, t, x_t)
     prediction, variance_logits = split_model_output(model_output, x_t, variance)
     pred_x0, _ = predict_x0_and_eps(schedule, prediction, x_t, t, target=target, clip_x0=clip_x0)
     if target == "eps" and not clip_x0:
@@ -228,7 +240,7 @@ def p_mean_variance(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
 
 def p_sample_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
                   key: jax.Array, *, target: str = "eps", variance: str = "fixedlarge",
-                  clip_x0: bool = False):
+                  clip_x0: bool = True) -> tuple[jax.Array, jax.Array]:
     """One ancestral step x_{t-1} = mean + sigma_t z, z ~ N(0, I), with z = 0 where t = 0.
 
     Args: as ``p_mean_variance``, plus ``key`` for z.

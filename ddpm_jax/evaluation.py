@@ -478,7 +478,8 @@ def compare_features(features: np.ndarray, reference: ReferenceStats, *, kid_sub
 def fid_kid(trained: generate.Trained, *, num_samples: int, reference: ReferenceStats,
             feature_extractor: FeatureExtractor, params: str = "ema", seed: int = 0,
             batch_size: int | None = None, sampler: str | None = None,
-            num_steps: int | None = None, eta: float | None = None, kid_subsets: int = 100,
+            num_steps: int | None = None, spacing: str | None = None, eta: float | None = None,
+            kid_subsets: int = 100,
             kid_subset_size: int = 1000) -> dict[str, Any]:
     """FID and KID of ``num_samples`` generated images against real ones.
 
@@ -490,12 +491,13 @@ def fid_kid(trained: generate.Trained, *, num_samples: int, reference: Reference
       num_samples: generated images.
       reference: real-image statistics from ``reference_statistics`` with the same extractor.
       feature_extractor: the feature network.
-      params, seed, batch_size, sampler, num_steps, eta: as in ``generate.generate``.
+      params, seed, batch_size, sampler, num_steps, spacing, eta: as in ``generate.generate``.
       kid_subsets, kid_subset_size: as in ``kernel_inception_distance``.
 
     Returns:
       ``compare_features``'s dict plus what was measured: ``num_samples``, ``step``, ``params``,
-      ``seed``, ``sampler``, ``num_steps`` (the steps actually taken), ``eta`` (DDIM only),
+      ``seed``, ``sampler``, ``num_steps`` (the steps actually taken), ``spacing``,
+      ``model_calls`` (network evaluations per image), ``eta`` (DDIM only),
       ``variance``, ``clip_x0`` and ``feature_network``.
     """
     if reference.provenance["feature_network"] != feature_extractor.name:
@@ -504,15 +506,17 @@ def fid_kid(trained: generate.Trained, *, num_samples: int, reference: Reference
                          f"{feature_extractor.name!r}; recompute them with this extractor")
     samples = generate.generate(trained, num_samples=num_samples, seed=seed, params=params,
                                 batch_size=batch_size, sampler=sampler, num_steps=num_steps,
-                                eta=eta)
+                                spacing=spacing, eta=eta)
     features = feature_extractor(input_pipeline.to_model_range(samples.images_uint8))
     s = samples.settings
-    steps = len(sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"]))
+    steps = len(sampling.sampling_timesteps(trained.schedule, s["num_steps"],
+                                            spacing=s["spacing"]))
     return {
         **compare_features(features, reference, kid_subsets=kid_subsets,
                            kid_subset_size=kid_subset_size, seed=seed),
         "num_samples": num_samples, "step": s["step"], "params": params, "seed": seed,
-        "sampler": s["sampler"], "num_steps": steps,
+        "sampler": s["sampler"], "num_steps": steps, "spacing": s["spacing"],
+        "model_calls": sampling.model_calls(s["sampler"], steps),
         **({"eta": s["eta"]} if s["sampler"] == "ddim" else {}),
         "variance": s["variance"], "clip_x0": s["clip_x0"],
         "feature_network": feature_extractor.name,

@@ -1,7 +1,8 @@
 """Sampling from a training workdir or a pretrained model: checkpoint in, images out.
 
-    images = ddpm_jax.generate("runs/fmnist", num_samples=16, seed=0).images  # [16, 28, 28, 1]
-    images = generate(pretrained.load("google/ddpm-cifar10-32"), num_samples=16).images
+    from ddpm_jax import generate, pretrained
+    images = generate.generate("runs/fmnist", num_samples=16, seed=0).images  # [16, 28, 28, 1]
+    images = generate.generate(pretrained.load("google/ddpm-cifar10-32"), num_samples=16).images
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class Samples:
 
 def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int = 0,
              step: int | None = None, params: str = "ema", batch_size: int | None = None,
-             sampler: str | None = None, num_steps: int | None = None, eta: float | None = None,
+             sampler: str | None = None, num_steps: int | None = None,
+             spacing: str | None = None, eta: float | None = None,
              variance: str | None = None, guidance_scale: float | None = None,
              labels: list[int] | None = None, trajectory_every: int | None = None,
              progress: bool = False, mesh: Mesh | None = None) -> Samples:
@@ -113,10 +115,12 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
       params: ``'ema'`` (default) or ``'raw'`` parameters.
       batch_size: images per sampler call (default: all at once, rounded up to a multiple of
         the mesh size); a multiple of the mesh size.
-      sampler, num_steps, eta: override the run's ``config.sampling``.
+      sampler, num_steps, spacing, eta: override the run's ``config.sampling``.
       variance: ``'fixedlarge'`` / ``'fixedsmall'`` (default: the training config's).
-      guidance_scale: classifier-free guidance scale for conditional models (default 1).
-      labels: class labels for conditional models, cycled over the samples (default 0, 1, ...).
+      guidance_scale: classifier-free guidance scale for conditional models (default 1; 0 is
+        unconditional).
+      labels: class labels in [0, num_classes] for conditional models (num_classes itself is the
+        null label: unconditional), cycled over the samples (default 0, 1, ...).
       trajectory_every: also record the reverse process of the first batch every k steps.
       progress: show a progress bar over timesteps.
       mesh: a mesh with a ``data`` axis (default: every device of every process). The images do
@@ -135,17 +139,22 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     if batch_size < 1 or batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the device "
                          f"count {mesh.size}")
-    settings = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps, eta=eta).items()
-                if v is not None}
-    s = {**config.sampling.to_dict(), **settings,
+    settings = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps, spacing=spacing,
+                                      eta=eta).items() if v is not None}
+    s = {"spacing": "time", **config.sampling.to_dict(), **settings,
          "variance": variance or config.diffusion.variance}
     # Validates num_steps before any work; the progress bar counts these steps.
-    steps = len(sampling.sampling_timesteps(trained.schedule.num_timesteps, s["num_steps"]))
+    steps = len(sampling.sampling_timesteps(trained.schedule, s["num_steps"],
+                                            spacing=s["spacing"]))
     image_shape = trained.image_shape
     num_batches = math.ceil(num_samples / batch_size)
     all_labels = None
     if model.num_classes is not None:
         cycle = labels or list(range(model.num_classes))
+        bad = [y for y in cycle if not 0 <= y <= model.num_classes]
+        if bad:
+            raise ValueError(f"label {bad[0]} is outside [0, {model.num_classes}] (the classes, "
+                             f"and {model.num_classes} for unconditional samples)")
         all_labels = np.resize(np.asarray(cycle, np.int32), num_batches * batch_size)
     elif labels or guidance_scale is not None:
         raise ValueError("labels and guidance_scale need a class-conditional model "
@@ -161,11 +170,13 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         else:
             denoise_fn = sampling.classifier_free_guidance(
                 lambda x, t, y: model.apply({"params": p}, x, t, y), batch_labels,
-                null_label=model.num_classes, guidance_scale=guidance_scale or 1.0)
+                null_label=model.num_classes,
+                guidance_scale=1.0 if guidance_scale is None else guidance_scale)
         sharded_fn = lambda x, t: denoise_fn(jax.lax.with_sharding_constraint(x, sharded), t)
         return sampling.sample(
             sharded_fn, trained.schedule, key, (batch_size, *image_shape), sampler=s["sampler"],
-            num_steps=s["num_steps"], eta=s["eta"], target=config.diffusion.target,
+            num_steps=s["num_steps"], spacing=s["spacing"], eta=s["eta"],
+            target=config.diffusion.target,
             variance=s["variance"], clip_x0=s["clip_x0"],
             trajectory_every=trajectory_every if with_trajectory else None,
             progress=(lambda i: bar.update(1)) if progress else None)

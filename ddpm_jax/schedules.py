@@ -80,7 +80,16 @@ def _derive(alphas_cumprod, xp) -> dict[str, Any]:
     )
 
 
-def _linear_betas(num_timesteps: int, *, beta_start: float = 1e-4, beta_end: float = 0.02):
+def _linear_betas(num_timesteps: int, *, beta_start: float | None = None,
+                  beta_end: float | None = None, max_beta: float = 0.999):
+    """Ho et al.'s 1e-4 -> 0.02 at T = 1000, both scaled by 1000 / T for other T as in
+    improved-diffusion (``gaussian_diffusion.get_named_beta_schedule``), so abar_{T-1} stays
+    near 0 at any T (unscaled, T = 20 ends at abar = 0.82: x_T is far from N(0, I)). The
+    scaled end is capped at ``max_beta`` (it reaches 1 at T = 20). Endpoints given explicitly
+    are used as they are."""
+    scale = 1000 / num_timesteps
+    beta_start = scale * 1e-4 if beta_start is None else beta_start
+    beta_end = min(scale * 0.02, max_beta) if beta_end is None else beta_end
     return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
@@ -110,7 +119,9 @@ def make_schedule(kind: str, num_timesteps: int, **kwargs: float) -> Schedule:
     """Builds a schedule of ``num_timesteps`` steps.
 
     Args:
-      kind: ``'linear'`` (Ho et al.: beta from ``beta_start=1e-4`` to ``beta_end=0.02``),
+      kind: ``'linear'`` (Ho et al.: beta from ``beta_start`` to ``beta_end``, by default
+        1e-4 and 0.02 scaled by 1000 / T as in improved-diffusion, the end capped at
+        ``max_beta=0.999``; explicit endpoints are taken as given),
         ``'cosine'`` (Nichol & Dhariwal: ``s=0.008``, ``max_beta=0.999``) or ``'sigmoid'``
         (``start=-3``, ``end=3``, ``tau=1``, ``max_beta=0.999``).
       num_timesteps: T >= 1.
@@ -154,10 +165,18 @@ def respace(schedule: Schedule, timesteps: jax.Array) -> Schedule:
 
     Args:
       schedule: the full schedule.
-      timesteps: [S] strictly increasing indices into ``schedule``.
+      timesteps: [S] strictly increasing indices into ``schedule``, within [0, T-1]; checked
+        when concrete (traced indices cannot be).
 
     Returns:
       A schedule of S steps whose ``alphas_cumprod[i] = schedule.alphas_cumprod[timesteps[i]]``
       and whose betas make the sub-chain's marginals equal the full chain's. Traceable.
     """
+    if not isinstance(timesteps, jax.core.Tracer):
+        ts = np.asarray(timesteps)
+        if (ts.ndim != 1 or ts.size == 0 or not np.issubdtype(ts.dtype, np.integer)
+                or ts[0] < 0 or ts[-1] >= schedule.num_timesteps or np.any(np.diff(ts) <= 0)):
+            raise ValueError(f"respace timesteps must be a non-empty strictly increasing 1-D "
+                             f"integer array within [0, {schedule.num_timesteps - 1}], got "
+                             f"{np.array2string(ts, threshold=8)}")
     return Schedule(**_derive(schedule.alphas_cumprod[timesteps], jnp))

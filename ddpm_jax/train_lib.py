@@ -187,7 +187,8 @@ def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict
     s = {**config.sampling.to_dict(), **overrides}
     return lambda params, key, shape, **kw: sampling.sample(
         denoiser(model, params), schedule, key, shape, sampler=s["sampler"],
-        num_steps=s["num_steps"], eta=s["eta"], variance=config.diffusion.variance,
+        num_steps=s["num_steps"], spacing=s.get("spacing", "time"), eta=s["eta"],
+        variance=config.diffusion.variance,
         target=config.diffusion.target, clip_x0=s["clip_x0"], **kw)
 
 

@@ -60,14 +60,14 @@ def test_one_reverse_step_by_hand():
     s = d.make_schedule("linear", 2, beta_start=0.1, beta_end=0.2)
     x2, eps = jnp.array([1.0]), jnp.array([0.5])
     t = jnp.array([1])
-    out = d.p_mean_variance(s, eps, x2, t, variance="fixedlarge")
+    out = d.p_mean_variance(s, eps, x2, t, variance="fixedlarge", clip_x0=False)
     np.testing.assert_allclose(out.mean, [0.906746], atol=1e-6)
     np.testing.assert_allclose(out.variance, [0.2], rtol=1e-6)
     small = d.p_mean_variance(s, eps, x2, t, variance="fixedsmall")
     np.testing.assert_allclose(small.variance, [0.0714286], rtol=1e-5)
     key = jax.random.key(7)
     z = jax.random.normal(key, (1,))
-    x1, _ = d.p_sample_step(s, eps, x2, t, key, variance="fixedlarge")
+    x1, _ = d.p_sample_step(s, eps, x2, t, key, variance="fixedlarge", clip_x0=False)
     np.testing.assert_allclose(x1, 0.906746 + np.sqrt(0.2) * z, atol=1e-6)
     # The x0 prediction: (1 - sqrt(0.28) 0.5) / sqrt(0.72) = 0.735425 / 0.848528 = 0.866706.
     np.testing.assert_allclose(out.pred_x0, [0.866706], atol=1e-6)
@@ -82,7 +82,7 @@ def test_eps_mean_equals_posterior_of_predicted_x0():
     x_t = jax.random.normal(k1, (64, 4, 4, 2))
     eps = jax.random.normal(k2, x_t.shape)
     t = jnp.arange(64) + 30
-    out = d.p_mean_variance(s, eps, x_t, t)
+    out = d.p_mean_variance(s, eps, x_t, t, clip_x0=False)
     via_x0, _, _ = d.q_posterior(s, out.pred_x0, x_t, t)
     np.testing.assert_allclose(out.mean, via_x0, atol=2e-4, rtol=1e-4)
 
@@ -130,11 +130,19 @@ def test_learned_range_interpolates_log_variances():
         np.testing.assert_allclose(pmv.log_variance[:, 0, 0, 0], expected, rtol=1e-6)
 
 
-def test_clip_x0():
+def test_clip_x0_is_the_default_of_every_sampling_function():
+    """One default: p_mean_variance, p_sample_step, every sampler step and ``sample`` clip x_0."""
+    import inspect
     s = d.make_schedule("linear", 100)
     x_t = jnp.full((1, 3), 5.0)
-    out = d.p_mean_variance(s, jnp.full((1, 3), 3.0), x_t, jnp.array([10]), target="x0", clip_x0=True)
+    out = d.p_mean_variance(s, jnp.full((1, 3), 3.0), x_t, jnp.array([10]), target="x0")
     np.testing.assert_array_equal(out.pred_x0, jnp.ones((1, 3)))
+    unclipped = d.p_mean_variance(s, jnp.full((1, 3), 3.0), x_t, jnp.array([10]), target="x0",
+                                  clip_x0=False)
+    np.testing.assert_array_equal(unclipped.pred_x0, jnp.full((1, 3), 3.0))
+    for fn in (d.p_mean_variance, d.p_sample_step, d.ddim_step, d.dpmpp_2m_step, d.heun_step,
+               d.sample):
+        assert inspect.signature(fn).parameters["clip_x0"].default is True, fn.__name__
 
 
 def test_jit_vmap_and_finiteness():
@@ -160,5 +168,12 @@ def test_bad_inputs():
         d.p_mean_variance(s, x, x, jnp.array([1, 2]), target="epsilon")
     with pytest.raises(ValueError, match="unknown variance 'large'"):
         d.p_mean_variance(s, x, x, jnp.array([1, 2]), variance="large")
+    with pytest.raises(ValueError, match=r"timesteps t must have shape \[B\] = \[2\] \(or be a "
+                                         r"scalar\), got shape \(3,\) for x of shape \(2, 3\)"):
+        d.q_sample(s, x, jnp.array([0, 1, 2]), x)
+    with pytest.raises(ValueError, match=r"timesteps t must have shape \[B\] = \[2\]"):
+        d.p_mean_variance(s, x, x, jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"timesteps t must have shape \[B\] = \[2\]"):
+        jax.jit(lambda t: d.q_posterior(s, x, x, t))(jnp.zeros((2, 1), jnp.int32))  # traced too
     with pytest.raises(ValueError, match="expected 6 channels"):
         d.p_mean_variance(s, x, x, jnp.array([1, 2]), variance="learned_range")

@@ -101,3 +101,32 @@ def test_bad_inputs(trained, trained_workdir, tmp_path):
     result = run_cli("sample.py", "--workdir", str(tmp_path / "missing"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("sample.py: error: ")
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    """An untrained 3-class model on 8x8 images, its weights perturbed so labels matter."""
+    from configs import test as test_config
+    config = test_config.get_config()
+    config.model.num_classes = 3
+    config.model.attn_resolutions = ()
+    model = train_lib.make_model(config, (8, 8, 1))
+    ints = np.zeros((1,), np.int32)
+    params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8, 8, 1)), ints, ints)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = tree.unflatten([p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    return generate.Trained(config, (8, 8, 1), model, train_lib.make_schedule_from_config(config),
+                            0, params, params)
+
+
+def test_guidance_scale_zero_is_unconditional_and_labels_are_checked(conditional):
+    run = lambda **kw: generate.generate(conditional, num_samples=8, sampler="dpmpp_2m",
+                                         num_steps=3, spacing="logsnr", **kw).images
+    unconditional = run(labels=[3], guidance_scale=1.0)  # 3 = num_classes: the null label
+    np.testing.assert_allclose(run(labels=[0, 1], guidance_scale=0.0), unconditional, atol=1e-6)
+    x, t = np.ones((2, 8, 8, 1), np.float32), np.array([5, 5])
+    apply = lambda y: conditional.model.apply({"params": conditional.params}, x, t, np.array(y))
+    assert not np.allclose(apply([0, 1]), apply([3, 3]), atol=1e-3)  # labels do matter
+    with pytest.raises(ValueError, match=r"label 7 is outside \[0, 3\]"):
+        generate.generate(conditional, num_samples=2, labels=[1, 7])

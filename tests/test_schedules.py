@@ -55,6 +55,29 @@ def test_respace_keeps_marginals():
     jax.jit(respace)(s, ts)  # traceable
 
 
+@pytest.mark.parametrize("ts", [[0, 5, 5, 9], [3, 1], [0, 10], [-1, 4], [], [[0, 1]], [0.0, 1.0]])
+def test_respace_refuses_bad_timesteps(ts):
+    """Unsorted, repeated or out-of-range indices gave negative betas (then NaN samples)."""
+    with pytest.raises(ValueError, match=r"respace timesteps must be a non-empty strictly "
+                                         r"increasing 1-D integer array within \[0, 9\]"):
+        respace(make_schedule("linear", 10), np.array(ts))
+
+
+@pytest.mark.parametrize("T", [10, 20, 50, 100, 1000])
+def test_linear_schedule_scales_with_T(T):
+    """improved-diffusion's ``get_named_beta_schedule('linear', T)`` transcribed
+    (openai/improved-diffusion, improved_diffusion/gaussian_diffusion.py): Ho et al.'s endpoints
+    scaled by 1000 / T, here with the end capped at 0.999 where it would reach 1 (T <= 20).
+    The prior then matches N(0, I) at every T: abar_{T-1} < 1e-3 (it was 0.82 at T = 20)."""
+    scale = 1000 / T
+    expected = np.linspace(scale * 0.0001, min(scale * 0.02, 0.999), T, dtype=np.float64)
+    s = make_schedule("linear", T)
+    np.testing.assert_allclose(s.betas, expected, rtol=1e-5)
+    assert s.alphas_cumprod[-1] < 1e-3
+    explicit = make_schedule("linear", T, beta_start=1e-4, beta_end=0.02)
+    np.testing.assert_allclose(explicit.betas, np.linspace(1e-4, 0.02, T), rtol=1e-5)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match=r"unknown beta schedule 'cosin'; expected one of \['cosine', 'linear', 'sigmoid'\]"):
         make_schedule("cosin", 10)

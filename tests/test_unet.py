@@ -1,5 +1,7 @@
 """The U-Net: shapes, conditioning, parameter counts, errors."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,12 @@ def test_bad_inputs():
         _init(UNet(**{**TINY, "num_groups": 3}), (1, 8, 8, 1))
     with pytest.raises(ValueError, match="labels must be given exactly when num_classes is set"):
         _init(UNet(**TINY, num_classes=10), (1, 8, 8, 1))
+
+
+def test_timesteps_must_be_one_per_image():
+    model = UNet(**TINY)
+    x = jnp.zeros((2, 8, 8, 1))
+    for t in (jnp.array(3), jnp.array([1, 2, 3])):
+        with pytest.raises(ValueError, match=r"UNet expects timesteps t of shape \[B\] = \[2\], "
+                                             rf"got shape {re.escape(str(t.shape))}"):
+            model.init(jax.random.key(0), x, t)

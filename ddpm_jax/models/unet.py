@@ -47,10 +47,13 @@ class UNet(nn.Module):
     flip_sin_to_cos: bool = False
     freq_shift: float = 1.0
 
-    def _check(self, x: jax.Array, labels: jax.Array | None) -> None:
+    def _check(self, x: jax.Array, t: jax.Array, labels: jax.Array | None) -> None:
         factor = 2 ** (len(self.channel_mults) - 1)
         if x.ndim != 4:
             raise ValueError(f"UNet expects NHWC images, got shape {x.shape}")
+        if jnp.shape(t) != x.shape[:1]:
+            raise ValueError(f"UNet expects timesteps t of shape [B] = [{x.shape[0]}], got shape "
+                             f"{jnp.shape(t)}")
         _, height, width, _ = x.shape
         if height % factor or width % factor:
             raise ValueError(
@@ -78,7 +81,7 @@ class UNet(nn.Module):
         Returns:
           [B, H, W, out_channels or C] float32.
         """
-        self._check(x, labels)
+        self._check(x, t, labels)
         ch, dtype = self.base_channels, self.dtype
         res_block = lambda out, name=None: ResBlock(out, self.num_groups, self.dropout, dtype,
                                                     name=name)
