@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.diffusion.target = "eps"
     config.diffusion.variance = "fixedlarge"  # also what the sampler uses
     config.diffusion.loss = "simple"
-    config.diffusion.vlb_weight = 1e-3  # lambda of the hybrid loss
+    config.diffusion.vlb_weight = 1e-3  # lambda of the hybrid loss (VLB in bits/dim x T)
 
     config.training = ml_collections.ConfigDict()
     config.training.batch_size = 128  # global, over all devices and processes
