@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from ddpm_jax import sampling, train_lib, visualize
-from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.checkpointing import Checkpointer, as_path
 from ddpm_jax.models import UNet
 from ddpm_jax.pretrained import Pretrained
 from ddpm_jax.schedules import Schedule
@@ -50,13 +50,13 @@ class Trained:
 
 def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{workdir!r} is not a training workdir: no config.json (train "
-                                f"there first with train.py --workdir {workdir})")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    workdir = as_path(workdir)
+    config_path = workdir / train_lib.CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{os.fspath(workdir)!r} is not a training workdir: no "
+                                f"config.json (train there first with train.py --workdir)")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    with Checkpointer(workdir / "checkpoints") as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
         image_shape = train_lib.read_image_shape(workdir)
@@ -131,7 +131,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chosen = trained.chosen_params(params)
     mesh = train_lib.data_mesh() if mesh is None else mesh
-    batch_size = batch_size or math.ceil(num_samples / mesh.size) * mesh.size
+    if batch_size is None:
+        batch_size = math.ceil(num_samples / mesh.size) * mesh.size
     if batch_size < 1 or batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the device "
                          f"count {mesh.size}")
@@ -185,7 +186,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         outputs.append(gather(out))
     bar.close()
     images = np.concatenate(outputs)[:num_samples]
-    settings = dict(workdir=os.path.abspath(workdir) if isinstance(workdir, str) else None,
+    settings = dict(workdir=os.fspath(as_path(workdir)) if isinstance(workdir, str) else None,
                     step=trained.step, seed=seed, num_samples=num_samples, params=params,
                     batch_size=batch_size, target=config.diffusion.target,
                     guidance_scale=guidance_scale,

@@ -15,6 +15,7 @@ import string
 
 import numpy as np
 import numpy.typing as npt
+from etils import epath
 from PIL import Image
 
 _CHANNELS = (1, 3)
@@ -142,8 +143,7 @@ def save_png(path: str | os.PathLike[str], image: npt.ArrayLike) -> None:
         ValueError: Bad shape or dtype of ``image``.
     """
     image = _check_uint8_images("image", image, axes="H, W, C")
-    with open(path, "wb") as f:
-        f.write(_png_bytes(image))
+    epath.Path(path).write_bytes(_png_bytes(image))
 
 
 def save_gif(
