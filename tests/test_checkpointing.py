@@ -5,6 +5,8 @@ import errno
 import importlib
 import os
 import pathlib
+import re
+import shutil
 import time
 
 import numpy as np
@@ -17,7 +19,8 @@ import jax.numpy as jnp
 from etils import epath
 
 from configs import test as test_config
-from ddpm_jax import checkpointing, metric_writer, train_lib
+from conftest import run_cli
+from ddpm_jax import checkpointing, generate, metric_writer, train_lib
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError
 
 TREE = {"a": jnp.arange(1000.0), "b": {"c": jnp.ones((3, 4))}}
@@ -180,3 +183,26 @@ def test_gs_workdir_is_never_rewritten_into_a_local_path(tmp_path, monkeypatch):
     assert (run / "previews" / "step_4.png").exists()
     assert all(p.startswith("gs://bucket/run/tensorboard") for p in tensorboard.paths)
     assert FakeBucket.seen and os.listdir(tmp_path) == ["bucket_root"]  # no local gs:/ dir
+
+
+def test_corrupt_run_fails_in_one_line_in_train_and_sample(trained_workdir, fashion_dir, tmp_path):
+    """train.py's resume and sample.py on a run whose latest checkpoint lost array data: an error
+    naming the step and its path, the workdir untouched, and the earlier step still usable."""
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(trained_workdir, workdir)
+    data = max((workdir / "checkpoints" / "4").rglob("ocdbt.process_0/d/*"),
+               key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    expected = f"checkpoint step 4 at {workdir / 'checkpoints' / '4'} cannot be restored ("
+    config = test_config.get_config()
+    config.data.data_dir = str(fashion_dir)
+    config.training.num_steps = 6
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        train_lib.train_and_evaluate(config, workdir)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+    result = run_cli("sample.py", "--workdir", str(workdir), "--num_samples", "2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"sample.py: error: {expected}")
+    assert "other steps: [2]" in result.stderr
+    assert generate.load_workdir(str(workdir), step=2).step == 2  # sample.py --step 2
