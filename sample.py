@@ -15,7 +15,7 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import data, distributed, generate, pretrained, sampling  # noqa: E402
+from ddpm_jax import checkpointing, data, distributed, generate, pretrained, sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
@@ -48,7 +48,7 @@ def main(argv):
     distributed.initialize_from_flags()
     if FLAGS.pretrained and not FLAGS.out:
         sys.exit("sample.py: error: --pretrained needs --out")
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
+    out = FLAGS.out or os.fspath(checkpointing.as_path(FLAGS.workdir) / "samples")
     try:
         source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir
         class_names = data.read_class_names(FLAGS.workdir) if FLAGS.workdir else None

@@ -196,17 +196,20 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 
-def write_outputs(out: str, samples: Samples, *, trajectory_samples: int = 16) -> list[str]:
+def write_outputs(out: str | os.PathLike[str], samples: Samples, *,
+                  trajectory_samples: int = 16) -> list[str]:
     """Writes samples.png, samples.npz, sample_settings.json and, with a trajectory,
-    reverse_process.gif and reverse_process.html. Returns the paths written."""
-    os.makedirs(out, exist_ok=True)
-    paths = {name: os.path.join(out, name) for name in (
+    reverse_process.gif and reverse_process.html into ``out`` (local or ``gs://``). Returns the
+    paths written."""
+    out = as_path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: os.fspath(out / name) for name in (
         "samples.png", "samples.npz", "sample_settings.json", "reverse_process.gif",
         "reverse_process.html")}
     visualize.save_png(paths["samples.png"], visualize.make_grid(samples.images_uint8))
-    np.savez(paths["samples.npz"], images=samples.images_uint8, samples=samples.images)
-    with open(paths["sample_settings.json"], "w") as f:
-        json.dump(samples.settings, f, indent=2)
+    with (out / "samples.npz").open("wb") as f:
+        np.savez(f, images=samples.images_uint8, samples=samples.images)
+    (out / "sample_settings.json").write_text(json.dumps(samples.settings, indent=2))
     if samples.trajectory is None:
         return [paths[n] for n in ("samples.png", "samples.npz", "sample_settings.json")]
     traj = samples.trajectory

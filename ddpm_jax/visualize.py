@@ -179,14 +179,15 @@ def save_gif(
     _check_int("scale", scale, 1)
     frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     first, *rest = [_to_pil(frame) for frame in frames]
-    first.save(
-        path,
-        format="GIF",
-        save_all=True,
-        append_images=rest,
-        duration=[frame_ms] * (len(frames) - 1) + [hold_last_ms],
-        loop=0,
-    )
+    with epath.Path(path).open("wb") as f:
+        first.save(
+            f,
+            format="GIF",
+            save_all=True,
+            append_images=rest,
+            duration=[frame_ms] * (len(frames) - 1) + [hold_last_ms],
+            loop=0,
+        )
 
 
 _HTML_TEMPLATE = string.Template("""<!DOCTYPE html>
@@ -379,5 +380,4 @@ def save_reverse_process_html(
     page = _HTML_TEMPLATE.substitute(
         title=html.escape(title), last_index=len(x_t) - 1, frames_json=frames_json
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    epath.Path(path).write_text(page, encoding="utf-8")

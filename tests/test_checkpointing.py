@@ -174,11 +174,16 @@ def test_gs_workdir_is_never_rewritten_into_a_local_path(tmp_path, monkeypatch):
         writer.write(2, {"loss": 0.25})
         writer.close()
         assert train_lib.read_image_shape("gs://bucket/run") == (28, 28, 1)
+        images = np.zeros((4, 28, 28, 1), np.float32)
+        generate.write_outputs("gs://bucket/run/samples", generate.Samples(
+            images, np.zeros(images.shape, np.uint8), None, {"seed": 0}))
     finally:
         backend.fsspec_backend._get_filesystem.cache_clear()
     run = bucket / "bucket" / "run"
     assert sorted(os.listdir(run)) == ["config.json", "image_shape.json", "metrics.jsonl",
-                                       "previews", "tensorboard"]
+                                       "previews", "samples", "tensorboard"]
+    assert sorted(os.listdir(run / "samples")) == ["sample_settings.json", "samples.npz",
+                                                   "samples.png"]
     assert (run / "metrics.jsonl").read_text().count("\n") == 2
     assert (run / "previews" / "step_4.png").exists()
     assert all(p.startswith("gs://bucket/run/tensorboard") for p in tensorboard.paths)
