@@ -54,7 +54,7 @@ MEANING_KEYS = ("model.", "diffusion.", "data.image_size", "image_shape")
 # ordinary restart). Any other change needs ``allow_config_changes``.
 BOOKKEEPING_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every",
                     "training.sample_every", "training.num_preview_samples",
-                    "training.max_to_keep", "sampling.", "data.data_dir")
+                    "training.max_to_keep", "sampling.", "data.data_dir", "data.cache_dir")
 
 
 def read_image_shape(workdir: str | os.PathLike[str]) -> tuple[int, int, int]:
