@@ -116,7 +116,9 @@ def test_two_processes_sample_and_evaluate_like_one(trained_workdir, fashion_dir
 
 def complete_steps(workdir) -> list[int]:
     directory = workdir / "checkpoints"
-    return sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if directory.is_dir() else []
+    if not directory.is_dir():
+        return []
+    return sorted(int(s) for s in os.listdir(directory) if s.isdigit())
 
 
 def test_killed_peer_fails_fast_and_both_resume(fashion_dir, tmp_path):
