@@ -15,29 +15,30 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import data, distributed, generate, pretrained, sampling  # noqa: E402
+from ddpm_jax import checkpointing, data, distributed, generate, pretrained, sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
 flags.DEFINE_string("pretrained", None, "A diffusers model directory or hub id, instead of "
                     "--workdir.")
 flags.DEFINE_string("out", None, "Output directory (default: <workdir>/samples).")
-flags.DEFINE_integer("num_samples", 64, "Number of images.")
+flags.DEFINE_integer("num_samples", 64, "Number of images.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_enum("params", "ema", list(generate.PARAMS), "EMA or raw parameters.")
-flags.DEFINE_integer("batch_size", None, "Images per sampler call (default: all).")
+flags.DEFINE_integer("batch_size", None, "Images per sampler call (default: all).", lower_bound=1)
 flags.DEFINE_string("sampler", None, f"One of {list(sampling.SAMPLERS)} (default: the config's).")
 flags.DEFINE_integer("num_steps", None, "Sampling steps (default: all T).")
 flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the config's).")
-flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
+flags.DEFINE_float("eta", None, "DDIM eta in [0, 1] (0: deterministic).", lower_bound=0.0,
+                   upper_bound=1.0)
 flags.DEFINE_string("variance", None, "fixedlarge or fixedsmall (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (conditional models).")
 flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (conditional models): "
                   "numbers, or names from <workdir>/labels.json (e.g. --labels=cats,dogs).")
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
-flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.")
-flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.")
+flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.", lower_bound=1)
+flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.", lower_bound=1)
 flags.DEFINE_integer("grid_scale", None, "Upscaling factor of samples.png's images (default: "
                      "the smallest giving at least 96 pixels per image).", lower_bound=1)
 flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
@@ -50,7 +51,7 @@ def main(argv):
     distributed.initialize_from_flags()
     if FLAGS.pretrained and not FLAGS.out:
         sys.exit("sample.py: error: --pretrained needs --out")
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
+    out = FLAGS.out or os.fspath(checkpointing.as_path(FLAGS.workdir) / "samples")
     try:
         source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir
         class_names = data.read_class_names(FLAGS.workdir) if FLAGS.workdir else None
@@ -63,7 +64,7 @@ def main(argv):
             labels=data.parse_labels(FLAGS.labels, class_names) if FLAGS.labels else None,
             trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None,
             progress=jax.process_index() == 0)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:  # OSError: missing or corrupt checkpoints
         sys.exit(f"sample.py: error: {e}")
     if jax.process_index() == 0:
         for path in generate.write_outputs(out, result,

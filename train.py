@@ -1,7 +1,8 @@
 """Trains a DDPM: python train.py --config configs/fashion_mnist.py --workdir runs/fmnist
 
 Overrides: --config.training.num_steps=2000 and so on. Re-running the same command resumes from
-the latest checkpoint in the workdir.
+the latest checkpoint in the workdir; a changed model, diffusion or image shape is refused, other
+changes than run length and logging need --allow_config_changes. The workdir may be gs://...
 """
 
 import sys
@@ -18,6 +19,9 @@ from ddpm_jax import distributed, train_lib  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and previews.")
+flags.DEFINE_bool("allow_config_changes", False, "On resume, accept a changed training setup "
+                  "(optimizer, batch size, data, seed...); a changed model, diffusion or image "
+                  "shape is always refused.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,8 +31,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     distributed.initialize_from_flags()
     try:
-        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                     allow_config_changes=FLAGS.allow_config_changes)
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: unwritable or corrupt files
         sys.exit(f"train.py: error: {e}")
 
 

@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.diffusion.target = "eps"
     config.diffusion.variance = "fixedlarge"  # also what the sampler uses
     config.diffusion.loss = "simple"
-    config.diffusion.vlb_weight = 1e-3  # lambda of the hybrid loss
+    config.diffusion.vlb_weight = 1e-3  # lambda of the hybrid loss (VLB in bits/dim x T)
     config.diffusion.loss_weighting = "none"  # or "min_snr" (Hang et al. 2023)
     config.diffusion.min_snr_gamma = 5.0  # gamma of the min_snr weighting
 

@@ -1,4 +1,8 @@
-"""A thin wrapper over orbax's ``CheckpointManager``: atomic, multi-process-safe, always closed."""
+"""A thin wrapper over orbax's ``CheckpointManager``: atomic, multi-process-safe, always closed.
+
+Directories go through ``etils.epath`` (as in orbax), so ``gs://bucket/run/checkpoints`` stays a
+bucket path and a local path is made absolute.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,32 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be saved or restored; the message names the step and the path."""
+
+
+def as_path(path: str | os.PathLike[str]) -> epath.Path:
+    """``path`` as an ``epath.Path``: URIs (``gs://...``) unchanged, local paths made absolute."""
+    path = epath.Path(path)
+    return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+
+
+def check_max_to_keep(max_to_keep: int | None) -> None:
+    """Raises a one-line error unless ``max_to_keep`` is None (keep all) or >= 1."""
+    if max_to_keep is not None and max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be >= 1, or None to keep every checkpoint; got "
+                         f"{max_to_keep} (orbax would delete every checkpoint)")
+
+
+def saved_steps(directory: str | os.PathLike[str]) -> list[int]:
+    """The complete checkpoints' steps under ``directory``, read without creating anything."""
+    path = as_path(directory)
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
 
 
 def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
@@ -17,19 +47,31 @@ def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
+def _first_line(error: BaseException, limit: int = 240) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return f"{type(error).__name__}: {line if len(line) <= limit else line[:limit] + '...'}"
+
+
 class Checkpointer:
     """Saves and restores a pytree train state under ``directory/<step>``.
 
     Orbax writes each step to a temporary directory and renames it when complete, so a save
-    killed half-way never shadows the last good step. Use as a context manager (or call
-    ``close``) so that asynchronous saves finish.
+    killed half-way never shadows the last good step; such leftovers
+    (``<step>.orbax-checkpoint-tmp-*``) are deleted on opening, complete steps never. Use as a
+    context manager (or call ``close``) so that asynchronous saves finish. Failures raise
+    ``CheckpointError`` naming the step and the path.
     """
 
-    def __init__(self, directory: str, *, max_to_keep: int | None = None):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int | None = None):
+        check_max_to_keep(max_to_keep)
+        self.directory = as_path(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 cleanup_tmp_directories=True))
+        self._pending_step = None
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -37,17 +79,36 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def _save_failed(self, step: int, error: BaseException) -> CheckpointError:
+        return CheckpointError(
+            f"could not save step {step} to {self.directory / str(step)} ({_first_line(error)}); "
+            f"the last complete checkpoint, step {self.latest_step()}, is intact")
+
     def save(self, step: int, state: Any, *, wait: bool = False) -> None:
-        """Starts saving ``state`` as ``step`` (asynchronously unless ``wait``)."""
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-        if wait:
+        """Starts saving ``state`` as ``step`` (asynchronously unless ``wait``).
+
+        Raises:
+          CheckpointError: this save, or the previous asynchronous one, failed.
+        """
+        try:
             self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 -- orbax re-raises the writer's error as is
+            raise self._save_failed(self._pending_step, e) from e
+        self._pending_step = step
+        try:
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            if wait:
+                self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_failed(step, e) from e
 
     def restore(self, template: Any, step: int | None = None) -> Any:
         """Restores ``step`` (default: the latest) into the structure and shardings of ``template``.
 
         Raises:
           FileNotFoundError: no such checkpoint, naming the directory and the steps it holds.
+          CheckpointError: the step's files are unreadable (truncated, metadata missing, or a
+            different structure), naming the step, its path and the other steps.
         """
         steps = self.all_steps()
         step = self.latest_step() if step is None else step
@@ -55,11 +116,28 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available steps: {steps}")
         abstract = jax.tree.map(_abstract_leaf, template)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many types
+            others = [s for s in steps if s != step]
+            raise CheckpointError(
+                f"checkpoint step {step} at {self.directory / str(step)} cannot be restored "
+                f"({_first_line(e)}); other steps: {others} (choose one with sample.py --step, "
+                f"or move this step's directory away to resume training from the latest "
+                f"other)") from e
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for a pending save, then closes the manager.
+
+        Raises:
+          CheckpointError: the pending asynchronous save failed.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_failed(self._pending_step, e) from e
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self

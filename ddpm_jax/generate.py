@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from ddpm_jax import sampling, train_lib, visualize
-from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.checkpointing import Checkpointer, as_path
 from ddpm_jax.models import UNet
 from ddpm_jax.pretrained import Pretrained
 from ddpm_jax.schedules import Schedule
@@ -51,13 +51,13 @@ class Trained:
 
 def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{workdir!r} is not a training workdir: no config.json (train "
-                                f"there first with train.py --workdir {workdir})")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    workdir = as_path(workdir)
+    config_path = workdir / train_lib.CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{os.fspath(workdir)!r} is not a training workdir: no "
+                                f"config.json (train there first with train.py --workdir)")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    with Checkpointer(workdir / "checkpoints") as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
         image_shape = train_lib.read_image_shape(workdir)
@@ -135,7 +135,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chosen = trained.chosen_params(params)
     mesh = train_lib.data_mesh() if mesh is None else mesh
-    batch_size = batch_size or math.ceil(num_samples / mesh.size) * mesh.size
+    if batch_size is None:
+        batch_size = math.ceil(num_samples / mesh.size) * mesh.size
     if batch_size < 1 or batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the device "
                          f"count {mesh.size}")
@@ -196,7 +197,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         outputs.append(gather(out))
     bar.close()
     images = np.concatenate(outputs)[:num_samples]
-    settings = dict(workdir=os.path.abspath(workdir) if isinstance(workdir, str) else None,
+    settings = dict(workdir=os.fspath(as_path(workdir)) if isinstance(workdir, str) else None,
                     step=trained.step, seed=seed, num_samples=num_samples, params=params,
                     batch_size=batch_size, target=config.diffusion.target,
                     guidance_scale=guidance_scale,
@@ -206,22 +207,24 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 
-def write_outputs(out: str, samples: Samples, *, trajectory_samples: int = 16,
-                  grid_scale: int | None = None) -> list[str]:
+def write_outputs(out: str | os.PathLike[str], samples: Samples, *,
+                  trajectory_samples: int = 16, grid_scale: int | None = None) -> list[str]:
     """Writes samples.png, samples.npz, sample_settings.json and, with a trajectory,
-    reverse_process.gif and reverse_process.html. Returns the paths written.
+    reverse_process.gif and reverse_process.html into ``out`` (local or ``gs://``). Returns the
+    paths written.
 
     ``grid_scale`` upscales samples.png's tiles (default: ``visualize.make_grid``'s, at least
     96 pixels per image); the GIF and the HTML viewer scale their own frames."""
-    os.makedirs(out, exist_ok=True)
-    paths = {name: os.path.join(out, name) for name in (
+    out = as_path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: os.fspath(out / name) for name in (
         "samples.png", "samples.npz", "sample_settings.json", "reverse_process.gif",
         "reverse_process.html")}
-    visualize.save_png(paths["samples.png"], visualize.make_grid(samples.images_uint8,
-                                                                      scale=grid_scale))
-    np.savez(paths["samples.npz"], images=samples.images_uint8, samples=samples.images)
-    with open(paths["sample_settings.json"], "w") as f:
-        json.dump(samples.settings, f, indent=2)
+    visualize.save_png(paths["samples.png"],
+                       visualize.make_grid(samples.images_uint8, scale=grid_scale))
+    with (out / "samples.npz").open("wb") as f:
+        np.savez(f, images=samples.images_uint8, samples=samples.images)
+    (out / "sample_settings.json").write_text(json.dumps(samples.settings, indent=2))
     if samples.trajectory is None:
         return [paths[n] for n in ("samples.png", "samples.npz", "sample_settings.json")]
     traj = samples.trajectory

@@ -129,11 +129,15 @@ def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key:
       variance: the reverse variance (see ``diffusion.p_mean_variance``).
       loss: ``'simple'``: mean squared error of the target (Ho et al.'s L_simple, mean over
         pixels); ``'vlb'``: T times the sampled bound term, an unbiased estimate of the bound
-        without its constant prior term (summed over pixels); ``'hybrid'``: L_simple plus
-        ``vlb_weight`` times the bound term with the mean's gradient stopped, so the bound only
-        trains a learned variance (Nichol & Dhariwal's L_hybrid; requires
-        ``variance='learned_range'``).
-      vlb_weight: lambda of L_hybrid.
+        without its constant prior term (nats, summed over pixels); ``'hybrid'``: L_simple plus
+        ``vlb_weight * T`` times the bound term in bits per dimension, with the mean's gradient
+        stopped so the bound only trains a learned variance (Nichol & Dhariwal's L_hybrid;
+        requires ``variance='learned_range'``).
+      vlb_weight: lambda of L_hybrid = L_simple + lambda * L_vlb, in Nichol & Dhariwal's units:
+        L_vlb = T * L_t / (D ln 2) is the sampled term in bits per dimension (D pixels x
+        channels) times T, as improved-diffusion's ``training_losses`` computes it
+        (``_vb_terms_bpd`` takes ``mean_flat(kl) / log(2)``, then ``*= num_timesteps / 1000``
+        for the paper's lambda = 0.001), so lambda means the same for every image size.
       loss_weighting: per-timestep weight of the squared error (not of the bound term):
         ``'none'`` or ``'min_snr'`` (``min_snr_weight``; not with ``loss='vlb'``).
       min_snr_gamma: gamma of the Min-SNR weighting (Hang et al. use 5).
@@ -171,8 +175,10 @@ def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key:
     if loss == "simple":
         return mse
     frozen = jnp.concatenate([jax.lax.stop_gradient(prediction), variance_logits], axis=-1)
-    return mse + vlb_weight * schedule.num_timesteps * vlb_term(
-        schedule, frozen, x0, x_t, t, target=target, variance=variance)
+    vlb_bits_per_dim = nats_to_bits_per_dim(
+        vlb_term(schedule, frozen, x0, x_t, t, target=target, variance=variance),
+        int(np.prod(x0.shape[1:])))
+    return mse + vlb_weight * schedule.num_timesteps * vlb_bits_per_dim
 
 
 class VariationalBound(NamedTuple):

@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import data as input_pipeline, losses, sampling, visualize
+from ddpm_jax import checkpointing, data as input_pipeline, losses, sampling, visualize
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
@@ -44,12 +45,80 @@ class TrainState:
     opt_state: Any
 
 
+CONFIG_FILE = "config.json"
 IMAGE_SHAPE_FILE = "image_shape.json"  # beside config.json: the [H, W, C] the model was trained on
 
+# On resume, changes under these keys would make the checkpoints mean something else: refused.
+MEANING_KEYS = ("model.", "diffusion.", "data.image_size", "image_shape")
+# How long to run and what to log or keep: free to change on resume (extending a run is the
+# ordinary restart). Any other change needs ``allow_config_changes``.
+BOOKKEEPING_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every",
+                    "training.sample_every", "training.num_preview_samples",
+                    "training.max_to_keep", "sampling.", "data.data_dir", "data.cache_dir")
 
-def read_image_shape(workdir: str) -> tuple[int, int, int]:
-    with open(os.path.join(workdir, IMAGE_SHAPE_FILE)) as f:
-        return tuple(json.load(f))
+
+def read_image_shape(workdir: str | os.PathLike[str]) -> tuple[int, int, int]:
+    return tuple(json.loads((checkpointing.as_path(workdir) / IMAGE_SHAPE_FILE).read_text()))
+
+
+def write_run_files(workdir: epath.Path, config: ml_collections.ConfigDict,
+                    image_shape: tuple[int, int, int]) -> None:
+    """Writes ``config.json`` and ``image_shape.json``, which describe the run's checkpoints."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+    (workdir / IMAGE_SHAPE_FILE).write_text(json.dumps(list(image_shape)))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in tree.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def config_changes(workdir: epath.Path, config: ml_collections.ConfigDict,
+                   image_shape: tuple[int, int, int]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, new)}`` for each setting (and ``image_shape``) that differs from the
+    workdir's ``config.json``; empty when there is nothing saved to compare with."""
+    if not (workdir / CONFIG_FILE).exists():
+        return {}
+    saved = _flatten(json.loads((workdir / CONFIG_FILE).read_text()))
+    saved["image_shape"] = list(read_image_shape(workdir))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    new["image_shape"] = list(image_shape)
+    absent = "<absent>"
+    return {k: (saved.get(k, absent), new.get(k, absent)) for k in sorted(saved.keys() | new.keys())
+            if saved.get(k, absent) != new.get(k, absent)}
+
+
+def check_resume_config(workdir: epath.Path, config: ml_collections.ConfigDict,
+                        image_shape: tuple[int, int, int], *,
+                        allow_config_changes: bool = False) -> None:
+    """Raises a one-line ValueError, before anything is written, when ``workdir`` holds
+    checkpoints of a config that differs from ``config`` in a way that is not allowed:
+    ``MEANING_KEYS`` always, any other key but ``BOOKKEEPING_KEYS`` unless
+    ``allow_config_changes``."""
+    if not checkpointing.saved_steps(workdir / "checkpoints"):
+        return
+    changes = config_changes(workdir, config, image_shape)
+    describe = lambda keys: ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
+    refused = [k for k in changes if k.startswith(MEANING_KEYS)]
+    if refused:
+        raise ValueError(f"{workdir} holds checkpoints of another model or diffusion; changed: "
+                         f"{describe(refused)}. Use a new workdir")
+    flagged = [k for k in changes if not k.startswith(BOOKKEEPING_KEYS)]
+    if flagged and not allow_config_changes:
+        raise ValueError(f"resuming {workdir} with a changed training setup: {describe(flagged)}. "
+                         f"Pass --allow_config_changes to resume with it")
+
+
+def check_labels(config: ml_collections.ConfigDict, source: input_pipeline.ImageSource) -> None:
+    """Raises a one-line error when ``config.model.num_classes`` is not the dataset's."""
+    wanted = config.model.num_classes
+    if wanted is not None and wanted != source.num_classes:
+        has = "no labels" if source.num_classes is None else f"{source.num_classes} classes"
+        raise ValueError(f"config.model.num_classes={wanted} but dataset "
+                         f"{config.data.name!r} has {has}")
 
 
 def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> UNet:
@@ -159,6 +228,7 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
             raise ValueError(f"training.{name} must be >= 1, got {config.training[name]}")
     if config.training.sample_every < 0:
         raise ValueError(f"training.sample_every must be >= 0, got {config.training.sample_every}")
+    checkpointing.check_max_to_keep(config.training.max_to_keep)
 
 
 class _StopRequested:
@@ -192,21 +262,50 @@ def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict
         target=config.diffusion.target, clip_x0=s["clip_x0"], **kw)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       mesh: Mesh | None = None) -> TrainState:
-    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
+def _restore_or_start(ckpt: Checkpointer, state: TrainState, workdir: epath.Path,
+                      config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                      class_names: list[str] | None) -> TrainState:
+    """The latest checkpoint (or ``state`` on a fresh run); only then, on process 0, the run's
+    ``config.json``, ``image_shape.json`` (and ``labels.json``), so a failed restore leaves them
+    as they were."""
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    if jax.process_index() == 0:
+        write_run_files(workdir, config, image_shape)
+        if class_names is not None:
+            input_pipeline.write_class_names(workdir, class_names)
+    return state
+
+
+def save_preview(workdir: epath.Path, step: int, images: jax.Array) -> None:
+    """Writes ``images`` [N, H, W, C] as the grid ``previews/step_<step>.png``."""
+    (workdir / "previews").mkdir(parents=True, exist_ok=True)
+    visualize.save_png(workdir / "previews" / f"step_{step}.png",
+                       visualize.make_grid(visualize.to_uint8(np.asarray(images))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str], *,
+                       mesh: Mesh | None = None,
+                       allow_config_changes: bool = False) -> TrainState:
+    """Trains ``config`` in ``workdir`` (a local path or a ``gs://`` URI), resuming from its
+    latest checkpoint.
 
     Writes ``config.json``, ``checkpoints/<step>``, ``metrics.jsonl``, ``tensorboard/`` and
     ``previews/step_<n>.png`` (process 0 only, except the checkpoints, which every process
-    writes its share of). Returns the final state.
+    writes its share of). Returns the final state. On resume, ``config`` is compared with the
+    saved ``config.json`` first (see ``check_resume_config``; ``allow_config_changes`` lets a
+    changed training setup through, never a changed model, diffusion or image shape).
 
     Raises:
+      ValueError: a bad or (on resume) refused config; nothing is written.
+      checkpointing.CheckpointError: a checkpoint could not be restored or saved; names the step
+        and the path, and the last complete checkpoint stays intact.
       FloatingPointError: the loss became non-finite; names the step and the last checkpoint,
         which stays intact.
     """
     mesh = data_mesh() if mesh is None else mesh
     validate(config, mesh)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = checkpointing.as_path(workdir)
     tr = config.training
     d = config.data
     source = input_pipeline.load_split(
@@ -214,7 +313,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         channels=d.channels, labels_from_subdirs=d.labels_from_subdirs, cache_dir=d.cache_dir,
         skip_bad_images=d.skip_bad_images)
     input_pipeline.check_holds_a_batch(source, batch_size=tr.batch_size)
+    check_labels(config, source)
     image_shape = source.image_shape
+    check_resume_config(workdir, config, image_shape, allow_config_changes=allow_config_changes)
     model = make_model(config, image_shape)
     schedule = make_schedule_from_config(config)
     optimizer = make_optimizer(config)
@@ -236,18 +337,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     preview = jax.jit(lambda params, step: draw(params, jax.random.fold_in(preview_key, step),
                                                 preview_shape), out_shardings=replicated)
     is_chief = jax.process_index() == 0
-    if is_chief:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        with open(os.path.join(workdir, IMAGE_SHAPE_FILE), "w") as f:
-            json.dump(list(image_shape), f)
-        if source.class_names is not None:
-            input_pipeline.write_class_names(workdir, source.class_names)
 
-    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tr.max_to_keep) as ckpt, \
+    with Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep) as ckpt, \
             _StopRequested().installed() as stop:
-        if ckpt.latest_step() is not None:
-            state = ckpt.restore(state)
+        state = _restore_or_start(ckpt, state, workdir, config, image_shape, source.class_names)
         start = int(state.step)
         writer = MetricWriter(workdir)
         batches = input_pipeline.train_iterator(
@@ -278,10 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 if tr.sample_every and step % tr.sample_every == 0:
                     images = preview(state.ema_params, step)
                     if is_chief:
-                        os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
-                        visualize.save_png(os.path.join(workdir, "previews", f"step_{step}.png"),
-                                           visualize.make_grid(visualize.to_uint8(
-                                               np.asarray(images))))
+                        save_preview(workdir, step, images)
                 if step % tr.checkpoint_every == 0 or step == tr.num_steps or stop.signal:
                     ckpt.save(step, state)
                 if stop.signal:

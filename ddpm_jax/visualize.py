@@ -15,6 +15,7 @@ import string
 
 import numpy as np
 import numpy.typing as npt
+from etils import epath
 from PIL import Image
 
 _CHANNELS = (1, 3)
@@ -164,8 +165,7 @@ def save_png(path: str | os.PathLike[str], image: npt.ArrayLike) -> None:
         ValueError: Bad shape or dtype of ``image``.
     """
     image = _check_uint8_images("image", image, axes="H, W, C")
-    with open(path, "wb") as f:
-        f.write(_png_bytes(image))
+    epath.Path(path).write_bytes(_png_bytes(image))
 
 
 def save_gif(
@@ -201,14 +201,15 @@ def save_gif(
     _check_int("scale", scale, 1)
     frames = _upscale(frames, scale)
     first, *rest = [_to_pil(frame) for frame in frames]
-    first.save(
-        path,
-        format="GIF",
-        save_all=True,
-        append_images=rest,
-        duration=[frame_ms] * (len(frames) - 1) + [hold_last_ms],
-        loop=0,
-    )
+    with epath.Path(path).open("wb") as f:
+        first.save(
+            f,
+            format="GIF",
+            save_all=True,
+            append_images=rest,
+            duration=[frame_ms] * (len(frames) - 1) + [hold_last_ms],
+            loop=0,
+        )
 
 
 _HTML_TEMPLATE = string.Template("""<!DOCTYPE html>
@@ -401,5 +402,4 @@ def save_reverse_process_html(
     page = _HTML_TEMPLATE.substitute(
         title=html.escape(title), last_index=len(x_t) - 1, frames_json=frames_json
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    epath.Path(path).write_text(page, encoding="utf-8")

@@ -160,3 +160,110 @@ def test_min_snr_rejects_bad_options():
         d.training_loss(fn, s, x0, key, loss="vlb", loss_weighting="min_snr")
     with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
         d.training_loss(fn, s, x0, key, loss_weighting="min_snr", min_snr_gamma=0.0)
+
+
+def _improved_diffusion_hybrid_loss(betas, x_start, t, noise, model_output):
+    """improved-diffusion's L_hybrid for one step, transcribed in float64 numpy from
+    openai/improved-diffusion, improved_diffusion/gaussian_diffusion.py: ``GaussianDiffusion``
+    ``__init__`` (schedule arrays), ``q_sample``, ``q_posterior_mean_variance``,
+    ``p_mean_variance`` (LEARNED_RANGE, EPSILON, clip_denoised=False), ``_vb_terms_bpd`` and
+    ``training_losses`` (LossType.RESCALED_MSE), with improved_diffusion/losses.py
+    ``normal_kl`` and ``discretized_gaussian_log_likelihood``. Channels last instead of first
+    (``mean_flat`` averages over every non-batch axis either way). One substitution:
+    ``approx_standard_normal_cdf`` (tanh) is the exact normal CDF, which ddpm_jax computes."""
+    def extract(arr, shape):  # _extract_into_tensor
+        return arr[t].reshape((-1,) + (1,) * (len(shape) - 1))
+
+    def mean_flat(x):
+        return x.mean(axis=tuple(range(1, x.ndim)))
+
+    num_timesteps = len(betas)
+    alphas = 1.0 - betas
+    alphas_cumprod = np.cumprod(alphas)
+    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    sqrt_recip_alphas_cumprod = np.sqrt(1.0 / alphas_cumprod)
+    sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / alphas_cumprod - 1)
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    posterior_log_variance_clipped = np.log(np.append(posterior_variance[1],
+                                                      posterior_variance[1:]))
+    posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
+
+    def normal_kl(mean1, logvar1, mean2, logvar2):
+        return 0.5 * (-1.0 + logvar2 - logvar1 + np.exp(logvar1 - logvar2)
+                      + ((mean1 - mean2) ** 2) * np.exp(-logvar2))
+
+    def discretized_gaussian_log_likelihood(x, *, means, log_scales):
+        centered_x = x - means
+        inv_stdv = np.exp(-log_scales)
+        cdf_plus = scipy.stats.norm.cdf(inv_stdv * (centered_x + 1.0 / 255.0))
+        cdf_min = scipy.stats.norm.cdf(inv_stdv * (centered_x - 1.0 / 255.0))
+        log_cdf_plus = np.log(np.maximum(cdf_plus, 1e-12))
+        log_one_minus_cdf_min = np.log(np.maximum(1.0 - cdf_min, 1e-12))
+        cdf_delta = cdf_plus - cdf_min
+        return np.where(x < -0.999, log_cdf_plus,
+                        np.where(x > 0.999, log_one_minus_cdf_min,
+                                 np.log(np.maximum(cdf_delta, 1e-12))))
+
+    def q_posterior_mean_variance(x_start, x_t):
+        mean = (extract(posterior_mean_coef1, x_t.shape) * x_start
+                + extract(posterior_mean_coef2, x_t.shape) * x_t)
+        return mean, extract(posterior_log_variance_clipped, x_t.shape)
+
+    def p_mean_variance(model_output, x):
+        model_output, model_var_values = np.split(model_output, 2, axis=-1)
+        min_log = extract(posterior_log_variance_clipped, x.shape)
+        max_log = extract(np.log(betas), x.shape)
+        frac = (model_var_values + 1) / 2
+        model_log_variance = frac * max_log + (1 - frac) * min_log
+        pred_xstart = (extract(sqrt_recip_alphas_cumprod, x.shape) * x
+                       - extract(sqrt_recipm1_alphas_cumprod, x.shape) * model_output)
+        model_mean, _ = q_posterior_mean_variance(pred_xstart, x)
+        return model_mean, model_log_variance
+
+    def _vb_terms_bpd(x_start, x_t):
+        true_mean, true_log_variance_clipped = q_posterior_mean_variance(x_start, x_t)
+        mean, log_variance = p_mean_variance(model_output, x_t)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance_clipped, mean, log_variance))
+        kl = kl / np.log(2.0)
+        decoder_nll = -discretized_gaussian_log_likelihood(
+            x_start, means=mean, log_scales=0.5 * log_variance)
+        decoder_nll = mean_flat(decoder_nll) / np.log(2.0)
+        return np.where((t == 0), decoder_nll, kl)
+
+    x_t = (extract(np.sqrt(alphas_cumprod), x_start.shape) * x_start
+           + extract(np.sqrt(1.0 - alphas_cumprod), x_start.shape) * noise)
+    vb = _vb_terms_bpd(x_start, x_t) * (num_timesteps / 1000.0)
+    eps_prediction = np.split(model_output, 2, axis=-1)[0]
+    return mean_flat((noise - eps_prediction) ** 2) + vb
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 8, 3), (16, 7, 7, 1)])
+def test_hybrid_loss_matches_improved_diffusion(shape):
+    """L_hybrid with lambda = 0.001 is improved-diffusion's RESCALED_MSE loss with a learned
+    range: the VLB term in bits per dimension, scaled by T / 1000 (not nats summed over pixels)."""
+    num_timesteps = 100
+    s = d.make_schedule("linear", num_timesteps)
+    scale = 1000 / num_timesteps  # get_named_beta_schedule("linear", T)
+    betas = np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    np.testing.assert_allclose(np.exp(s.log_betas), betas, rtol=1e-5)
+    x0 = jnp.round(jax.random.uniform(jax.random.key(1), shape, minval=-1, maxval=1)
+                   * 127.5) / 127.5
+    weights = jax.random.normal(jax.random.key(2), (2,))
+
+    def denoise_fn(x, t):  # an eps guess and variance logits in (-1, 1) that depend on x and t
+        eps = jnp.tanh(weights[0] * x) + 0.01 * t[:, None, None, None]
+        return jnp.concatenate([eps, jnp.tanh(weights[1] * x + 0.3)], axis=-1)
+
+    key = jax.random.key(3)
+    ours = d.training_loss(denoise_fn, s, x0, key, variance="learned_range", loss="hybrid",
+                           vlb_weight=1e-3)
+    t_key, noise_key = jax.random.split(key)  # the draws training_loss makes
+    t = jax.random.randint(t_key, x0.shape[:1], 0, num_timesteps)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x_t = d.q_sample(s, x0, t, noise)
+    reference = _improved_diffusion_hybrid_loss(
+        betas, np.float64(x0), np.asarray(t), np.float64(noise),
+        np.float64(denoise_fn(x_t, t)))
+    np.testing.assert_allclose(ours, reference, rtol=2e-4, atol=1e-6)
+    assert 0 in t.tolist() and int(t.max()) > 0  # both the decoder and the KL branch

@@ -3,6 +3,7 @@ evaluate like one."""
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -20,9 +21,28 @@ pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for process 0's coordinator, below the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: between closing it here and the coordinator
+    binding it seconds later (after importing JAX), any outgoing connection may take it as its
+    source port, including process 1's own retries to reach the not-yet-listening coordinator
+    (a TCP self-connect), and process 0 then fails to bind. Outgoing connections never use a
+    port below the ephemeral range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except OSError:  # not Linux: take the kernel's choice
+        ephemeral_low = None
+    candidates = random.Random().sample(range(20000, ephemeral_low), 100) if ephemeral_low and \
+        ephemeral_low > 20100 else [0]
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port for the coordinator")
 
 
 def training(workdir, fashion_dir, *extra):
@@ -94,16 +114,27 @@ def test_two_processes_sample_and_evaluate_like_one(trained_workdir, fashion_dir
     np.testing.assert_allclose(bpd["bpd_stderr"], expected["bpd_stderr"], rtol=1e-4)
 
 
+def complete_steps(workdir) -> list[int]:
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+
+
 def test_killed_peer_fails_fast_and_both_resume(fashion_dir, tmp_path):
     workdir = tmp_path / "kill"
     procs = two_processes(training(workdir, fashion_dir, "--config.training.num_steps=1000",
                                    "--config.training.checkpoint_every=2"))
     deadline = time.time() + 300
-    while not (workdir / "checkpoints" / "2").exists():
+    # Any complete step, not step 2: max_to_keep=3 deletes step 2 once step 8 is saved, which can
+    # happen between two polls; the loop then waited until process 0 finished all 1000 steps
+    # and reported it as having "exited early" (the flake seen once).
+    while not complete_steps(workdir):
         if time.time() > deadline or procs[0].poll() is not None:
             for p in procs:
                 p.kill()
-            pytest.fail("training did not start: " + procs[0].communicate()[1][-3000:])
+            pytest.fail(f"training did not start (process 0's exit code {procs[0].poll()}): "
+                        + procs[0].communicate()[1][-3000:])
         time.sleep(0.5)
     procs[1].kill()
     start = time.time()
@@ -112,7 +143,7 @@ def test_killed_peer_fails_fast_and_both_resume(fashion_dir, tmp_path):
     assert time.time() - start < 120
     for p in procs:
         p.wait()
-    resumed_from = max(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    resumed_from = complete_steps(workdir)[-1]
     finish(two_processes(training(workdir, fashion_dir,
                                   f"--config.training.num_steps={resumed_from + 2}")))
     assert generate.load_workdir(str(workdir)).step == resumed_from + 2

@@ -117,6 +117,57 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(fashion_dir, tmp_path, 
         assert ckpt.all_steps() == [2]
 
 
+def _snapshot(workdir):
+    return {p: p.read_bytes() if p.is_file() else None for p in sorted(workdir.rglob("*"))}
+
+
+def test_resume_refuses_a_changed_model_or_diffusion_and_writes_nothing(trained_workdir,
+                                                                        fashion_dir, tmp_path):
+    workdir = tmp_path / "changed"
+    shutil.copytree(trained_workdir, workdir)
+    before = _snapshot(workdir)
+    config = make_config(fashion_dir, num_steps=6)
+    config.model.base_channels = 16
+    config.diffusion.num_timesteps = 30
+    with pytest.raises(ValueError) as raised:
+        train_lib.train_and_evaluate(config, workdir, allow_config_changes=True)
+    assert str(raised.value) == (
+        f"{workdir} holds checkpoints of another model or diffusion; changed: "
+        f"diffusion.num_timesteps: 20 -> 30, model.base_channels: 8 -> 16. Use a new workdir")
+    config = make_config(fashion_dir, num_steps=6)
+    config.data.image_size = 32
+    with pytest.raises(ValueError, match=r"changed: data.image_size: None -> 32, "
+                                         r"image_shape: \[28, 28, 1\] -> \[32, 32, 1\]\."):
+        train_lib.train_and_evaluate(config, workdir)
+    assert _snapshot(workdir) == before
+
+
+def test_resume_with_a_changed_training_setup_needs_the_flag(trained_workdir, fashion_dir,
+                                                            tmp_path):
+    workdir = tmp_path / "lr"
+    shutil.copytree(trained_workdir, workdir)
+    before = _snapshot(workdir)
+    config = make_config(fashion_dir, num_steps=4, log_every=2)  # bookkeeping: free to change
+    config.optim.learning_rate = 5e-4
+    with pytest.raises(ValueError, match=r"resuming .* with a changed training setup: "
+                                         r"optim.learning_rate: 0.001 -> 0.0005\. Pass "
+                                         r"--allow_config_changes to resume with it$"):
+        train_lib.train_and_evaluate(config, workdir)
+    assert _snapshot(workdir) == before
+    state = train_lib.train_and_evaluate(config, workdir, allow_config_changes=True)
+    assert int(state.step) == 4
+    assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 5e-4
+
+
+def test_num_classes_must_match_the_dataset(fashion_dir, tmp_path):
+    config = make_config(fashion_dir)
+    config.model.num_classes = 12
+    with pytest.raises(ValueError, match="^config.model.num_classes=12 but dataset "
+                                         "'fashion_mnist' has 10 classes$"):
+        train_lib.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_batch_size(fashion_dir, tmp_path):
     with pytest.raises(ValueError, match="batch_size=12 must be a positive multiple of the "
                                          "device count 8"):

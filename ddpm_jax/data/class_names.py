@@ -6,22 +6,23 @@ from collections.abc import Sequence
 import json
 import os
 
+from etils import epath
+
 LABELS_FILE = "labels.json"
 
 
 def write_class_names(workdir: os.PathLike[str] | str, names: Sequence[str]) -> None:
     """Writes ``{"0": name, "1": name, ...}`` to ``<workdir>/labels.json``."""
-    with open(os.path.join(workdir, LABELS_FILE), "w") as f:
-        json.dump({str(i): name for i, name in enumerate(names)}, f, indent=1)
+    (epath.Path(workdir) / LABELS_FILE).write_text(
+        json.dumps({str(i): name for i, name in enumerate(names)}, indent=1))
 
 
 def read_class_names(workdir: os.PathLike[str] | str) -> list[str] | None:
     """The names written by ``write_class_names``, or None when the run has none."""
-    path = os.path.join(workdir, LABELS_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / LABELS_FILE
+    if not path.exists():
         return None
-    with open(path) as f:
-        mapping = json.load(f)
+    mapping = json.loads(path.read_text())
     return [mapping[str(i)] for i in range(len(mapping))]
 
 

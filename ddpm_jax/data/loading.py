@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
+import itertools
 import os
 
 import jax
-from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
 
 from ddpm_jax.data.fashion_mnist import DEBIAN_DIR
 from ddpm_jax.data.folder import FolderSettings
@@ -19,6 +20,20 @@ from ddpm_jax.data.tfds_datasets import IN_MEMORY_MAX_BYTES, load_tfds_split
 FOLDER = "folder"
 
 
+PREPARE_TIMEOUT_S = 6 * 3600  # how long the other processes wait for process 0 to prepare data
+_barrier_ids = itertools.count()  # every process enters the same barriers in the same order
+
+
+def _wait_for_every_process(what: str) -> None:
+    """A barrier of the distributed runtime's coordination service, not a collective: a gloo
+    all-gather used as a barrier fails after gloo's connect timeout when process 0 takes longer
+    than that to prepare the dataset, while this one waits up to ``PREPARE_TIMEOUT_S`` (a dead
+    peer still ends it, through the heartbeat)."""
+    barrier = ocp.multihost.get_barrier_sync_fn()
+    barrier(key=f"ddpm_jax:{what}:{next(_barrier_ids)}".replace(" ", "_"),
+            timeout_ms=PREPARE_TIMEOUT_S * 1000)
+
+
 @contextlib.contextmanager
 def _process_zero_first(what: str) -> Iterator[None]:
     """Runs the block on process 0 before the other processes run it (a no-op for one process);
@@ -26,12 +41,12 @@ def _process_zero_first(what: str) -> Iterator[None]:
     they meet the same error instead of waiting."""
     first = jax.process_index() == 0
     if jax.process_count() > 1 and not first:
-        multihost_utils.sync_global_devices(what)
+        _wait_for_every_process(what)
     try:
         yield
     finally:
         if jax.process_count() > 1 and first:
-            multihost_utils.sync_global_devices(what)
+            _wait_for_every_process(what)
 
 
 def load_split(

@@ -99,6 +99,8 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
       x_0 [*shape], or ``(x_0, Trajectory)`` when ``trajectory_every`` is set.
     """
     diffusion.check_choice("sampler", sampler, SAMPLERS)
+    if not isinstance(eta, jax.core.Tracer) and not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: ancestral)")
     shape = _check_shape(shape)
     model_timesteps = sampling_timesteps(schedule, num_steps, spacing=spacing)
     steps = model_timesteps.shape[0]
