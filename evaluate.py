@@ -26,7 +26,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    data as input_pipeline, distributed, evaluation, generate, inception, pretrained)
+    data as input_pipeline, distributed, evaluation, generate, pretrained)
+from ddpm_jax.evaluation import inception  # noqa: E402
 
 METRICS = ("bpd", "fid", "floor")
 

@@ -12,7 +12,7 @@ import pytest
 import jax.numpy as jnp
 
 from conftest import run_cli
-from ddpm_jax import inception
+from ddpm_jax.evaluation import inception
 
 
 def random_state_dict(seed=0):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.evaluation import FeatureFunction
+from ddpm_jax.evaluation.features import FeatureFunction
 
 INPUT_SIZE = 299
 BN_EPS = 1e-3  # torchvision's BasicConv2d

@@ -1,0 +1,28 @@
+"""Evaluation: bits/dim over the variational bound, and FID / KID on a feature network.
+
+    result = evaluation.bits_per_dim(trained, input_pipeline.load_split("fashion_mnist", "test"),
+                                     batch_size=64)
+
+One module per job: ``bound`` (the variational bound on a split, in bits/dim), ``scores``
+(Frechet distance, KID), ``features`` (the feature-network protocol), ``classifier`` (the
+project's small CNN, which suits MNIST-like data) and ``inception`` (pytorch-fid's InceptionV3,
+for FIDs comparable with papers), ``reference`` (cached statistics of real images) and ``fid``
+(generated images against them). The public names are re-exported here.
+"""
+
+from ddpm_jax.evaluation import inception
+from ddpm_jax.evaluation.bound import bits_per_dim, bound_on_split
+from ddpm_jax.evaluation.classifier import (
+    Classifier,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from ddpm_jax.evaluation.features import FeatureExtractor, FeatureFunction
+from ddpm_jax.evaluation.fid import compare_features, fid_kid
+from ddpm_jax.evaluation.reference import ReferenceStats, reference_statistics, split_features
+from ddpm_jax.evaluation.scores import (
+    feature_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+)
