@@ -7,9 +7,10 @@ r"""Evaluates a trained DDPM: bits/dim, FID and KID, written to a JSON file.
     python evaluate.py --workdir runs/cifar10 --metrics fid \
         --inception_weights pt_inception-2015-12-05-6726825d.pth --num_samples 50000
 
-``bpd``: the full variational bound on --bpd_split. ``fid``: FID / KID of --num_samples samples
-against --reference_split, on the classifier's (or InceptionV3's) features. ``floor``: the same
-for the first --num_samples real images of --floor_split, the best a model can do at that count.
+``bpd``: the variational bound on --bpd_split (all T terms, or an unbiased Monte Carlo estimate
+with --bpd_estimator mc). ``fid``: FID / KID of --num_samples samples against --reference_split,
+on the classifier's (or InceptionV3's) features. ``floor``: the same for the first --num_samples
+real images of --floor_split, the best a model can do at that count.
 """
 
 import json
@@ -46,6 +47,10 @@ flags.DEFINE_integer("seed", 0, "Seed of the bound's noise, the samples and the 
 flags.DEFINE_string("bpd_split", "test", "Split for bits/dim.")
 flags.DEFINE_integer("bpd_examples", None, "Evaluate the first N images (default: all).")
 flags.DEFINE_integer("bpd_batch_size", 64, "Global batch size of the bound.")
+flags.DEFINE_enum("bpd_estimator", "full", list(evaluation.bound.ESTIMATORS),
+                  "full: all T terms per image; mc: prior and decoder exact + --bpd_timesteps "
+                  "stratified timesteps (unbiased, T/K times cheaper).")
+flags.DEFINE_integer("bpd_timesteps", None, "K, timesteps per image of --bpd_estimator=mc.")
 # FID / KID.
 flags.DEFINE_string("classifier", None, "Feature classifier file (written by --train_classifier).")
 flags.DEFINE_string("inception_weights", None,
@@ -128,7 +133,8 @@ def evaluate() -> dict:
                                            keep_in_memory=False)
         results["bpd"] = {"split": FLAGS.bpd_split, **_timed(
             evaluation.bits_per_dim, trained, source, params=FLAGS.params,
-            batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed)}
+            batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed,
+            estimator=FLAGS.bpd_estimator, timesteps_per_image=FLAGS.bpd_timesteps)}
     if {"fid", "floor"} & set(FLAGS.metrics):
         if FLAGS.inception_weights:
             extractor, info = inception.load_inception(

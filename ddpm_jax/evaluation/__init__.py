@@ -3,15 +3,15 @@
     result = evaluation.bits_per_dim(trained, input_pipeline.load_split("fashion_mnist", "test"),
                                      batch_size=64)
 
-One module per job: ``bound`` (the variational bound on a split, in bits/dim), ``scores``
-(Frechet distance, KID), ``features`` (the feature-network protocol), ``classifier`` (the
-project's small CNN, which suits MNIST-like data) and ``inception`` (pytorch-fid's InceptionV3,
-for FIDs comparable with papers), ``reference`` (cached statistics of real images) and ``fid``
-(generated images against them). The public names are re-exported here.
+One module per job: ``bound`` (the variational bound on a split in bits/dim, exact or Monte
+Carlo), ``scores`` (Frechet distance, KID), ``features`` (the feature-network protocol),
+``classifier`` (the project's small CNN, which suits MNIST-like data) and ``inception``
+(pytorch-fid's InceptionV3, for FIDs comparable with papers), ``reference`` (cached statistics of
+real images) and ``fid`` (generated images against them). The public names are re-exported here.
 """
 
 from ddpm_jax.evaluation import inception
-from ddpm_jax.evaluation.bound import bits_per_dim, bound_on_split
+from ddpm_jax.evaluation.bound import bits_per_dim, bound_on_split, sampled_variational_bound
 from ddpm_jax.evaluation.classifier import (
     Classifier,
     load_classifier,
