@@ -4,9 +4,7 @@ import base64
 import hashlib
 import html.parser
 import io
-import pathlib
 import re
-import tomllib
 
 import numpy as np
 import pytest
@@ -312,16 +310,3 @@ def test_reverse_process_html_page_is_unchanged_by_its_move_to_package_data(tmp_
     assert hashlib.sha256(page.encode("utf-8")).hexdigest() == (
         "e5c234d393587061f698f9d9a2b6f128c4e0404051095bb5d60f24754c953258")
 
-
-def test_pyproject_ships_the_package_data():
-    """Every non-Python file in ddpm_jax/ is listed in pyproject's package-data, so the wheel
-    carries the HTML page (an editable install would find it either way)."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    with open(root / "pyproject.toml", "rb") as f:
-        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["ddpm_jax"]
-    package = root / "ddpm_jax"
-    data = [p.relative_to(package) for p in package.rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc")]
-    assert pathlib.PurePath("reverse_process.html") in data
-    for path in data:
-        assert any(path.match(pattern) for pattern in patterns), path
