@@ -213,7 +213,7 @@ def save_gif(
 
 
 def _html_template() -> string.Template:
-    """The player page (package data ``reverse_process.html``): $title, $last_index, $frames_json."""
+    """The player page (package data reverse_process.html): $title, $last_index, $frames_json."""
     page = importlib.resources.files("ddpm_jax").joinpath("reverse_process.html")
     return string.Template(page.read_text(encoding="utf-8"))
 

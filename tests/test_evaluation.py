@@ -233,6 +233,13 @@ def test_classifier_features_and_reference_cache(classifier, splits, fashion_dir
     assert len(calls) == num_calls
     np.testing.assert_array_equal(again.mu, first.mu)
     assert ref("test[:48]").features.shape == (48, 128) and len(calls) > num_calls  # new split
+    # Another copy of the dataset (issue 22): its own cache entry, not the first copy's stats.
+    copy = tmp_path / "copy_of_data"
+    copy.symlink_to(fashion_dir, target_is_directory=True)
+    num_calls = len(calls)
+    other = evaluation.reference_statistics(counting, dataset="fashion_mnist", split="test[:48]",
+                                            data_dir=copy, cache=cache)
+    assert len(calls) > num_calls and other.provenance["data_dir"] == str(copy)
     renamed = evaluation.FeatureFunction("another network", extractor.fn)
     assert ref("test[:48]", renamed).provenance["feature_network"] == "another network"
 

@@ -1,4 +1,4 @@
-"""Distances between feature distributions: Frechet distance and KID, in float64 numpy."""
+"""Scores of features and logits, in float64 numpy: Frechet distance, KID, Inception Score."""
 
 from __future__ import annotations
 
@@ -73,3 +73,32 @@ def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray, *, num_sub
         within = (kaa.sum() - np.trace(kaa) + kbb.sum() - np.trace(kbb)) / (m * (m - 1))
         mmds.append(within - 2.0 * kernel(a, b).mean())
     return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def inception_score(logits: np.ndarray, *, splits: int = 10) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016) as openai/improved-gan's ``inception_score.py``.
+
+    Softmax over the classes, then the images in ``splits`` consecutive parts (part i is rows
+    i N // splits up to (i + 1) N // splits); per part exp(mean_x KL(p(y | x) || p(y))) with p(y)
+    the part's mean prediction. In float64, from log-probabilities.
+
+    Args:
+      logits: [N, C] class logits, N >= splits (the 1008-way Inception logits for the IS of
+        papers: ``inception.logits_weight``).
+      splits: number of parts, >= 1 (10 in the papers).
+
+    Returns:
+      (mean, standard deviation) of the parts' scores.
+    """
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or splits < 1 or len(logits) < splits:
+        raise ValueError(f"expected logits [N, C] with N >= splits >= 1, got shape "
+                         f"{logits.shape} and splits={splits}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n, scores = len(logits), []
+    for i in range(splits):
+        part = log_p[i * n // splits:(i + 1) * n // splits]
+        log_marginal = np.log(np.exp(part).mean(axis=0))
+        scores.append(np.exp(np.mean(np.sum(np.exp(part) * (part - log_marginal), axis=1))))
+    return float(np.mean(scores)), float(np.std(scores))
