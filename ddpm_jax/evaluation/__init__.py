@@ -1,6 +1,6 @@
 """Evaluation: bits/dim over the variational bound; FID / KID / IS on a feature network.
 
-    result = evaluation.bits_per_dim(trained, input_pipeline.load_split("fashion_mnist", "test"),
+    result = evaluation.bits_per_dim(trained, data.load_split("fashion_mnist", "test"),
                                      batch_size=64)
 
 One module per job: ``bound`` (the variational bound on a split in bits/dim, exact or Monte

@@ -1,6 +1,6 @@
 """The variational bound of a diffusion model on a split, in bits/dim: exact, or Monte Carlo.
 
-    result = evaluation.bits_per_dim(trained, input_pipeline.load_split("fashion_mnist", "test"),
+    result = evaluation.bits_per_dim(trained, data.load_split("fashion_mnist", "test"),
                                      batch_size=64, estimator="mc", timesteps_per_image=50)
 
 Bits/dim is Ho et al.'s bound per image, L = L_T + sum_{t=2..T} L_{t-1} + L_0 (prior + diffusion
@@ -106,7 +106,7 @@ def bound_on_split(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], p
       apply_fn: ``apply_fn(params, x_t [B, H, W, C], t [B]) -> model_output``.
       params: the pytree ``apply_fn`` takes.
       schedule: the diffusion schedule.
-      source: the split; uint8 images, read in order by ``input_pipeline.eval_batches``.
+      source: the split; uint8 images, read in order by ``data.eval_batches``.
       batch_size: global batch size, a multiple of the mesh size.
       target, variance: as in ``diffusion.p_mean_variance``; x0 is never clipped.
       num_examples: evaluate the first this many images (default: all).

@@ -66,7 +66,7 @@ def train_classifier(train_source: ImageSource, test_source: ImageSource, *, ste
     """Trains a ``Classifier`` with Adam on cross-entropy; returns its params and test accuracy.
 
     Args:
-      train_source: a labelled split; batches are ``input_pipeline.train_batch`` of (seed, step).
+      train_source: a labelled split; batches are ``data.train_batch`` of (seed, step).
       test_source: a labelled split of the same image shape, for the accuracy.
       steps: optimisation steps, >= 1.
       batch_size: images per step.
