@@ -24,7 +24,7 @@ from conftest import run_cli
 from ddpm_jax import evaluation
 from ddpm_jax.evaluation import downloads, inception, torch_state_dict
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "data" / "torch_state_dicts"
 
 
 def random_state_dict(seed=0):
@@ -204,7 +204,7 @@ def test_resize_matches_torch_interpolate():
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_read_state_dict_equals_torch(fmt):
-    """Both torch.save formats, written by torch (tests/fixtures/make_torch_state_dicts.py):
+    """Both torch.save formats, written by torch (tests/data/torch_state_dicts/make_*.py):
     strided, offset, 0-d, half, bfloat16, bool and integer tensors and a Parameter."""
     state = torch_state_dict.read_state_dict(FIXTURES / f"state_dict_{fmt}.pth")
     with np.load(FIXTURES / "state_dict_expected.npz") as f:
