@@ -12,10 +12,10 @@ DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLE
 
 .PHONY: demo test bench data clean
 
-$(VENV)/.installed-%: pyproject.toml
+$(VENV)/.installed-%: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$*]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[$*]'
 	touch $@
 
 # Debian's real Fashion-MNIST IDX files: the offline default dataset.

@@ -1,4 +1,4 @@
-r"""Evaluates a trained DDPM: bits/dim, FID and KID, written to a JSON file.
+r"""Evaluates a trained DDPM: bits/dim, FID, KID and IS, written to a JSON file.
 
     python evaluate.py --train_classifier --dataset fashion_mnist \
         --classifier runs/classifier_fmnist.msgpack
@@ -6,10 +6,14 @@ r"""Evaluates a trained DDPM: bits/dim, FID and KID, written to a JSON file.
         --classifier runs/classifier_fmnist.msgpack --bpd_examples 1000 --num_samples 1000
     python evaluate.py --workdir runs/cifar10 --metrics fid \
         --inception_weights pt_inception-2015-12-05-6726825d.pth --num_samples 50000
+    python evaluate.py --workdir runs/cifar10 --metrics fid,is --inception_weights auto \
+        --reference_stats fid_stats_cifar10_train.npz --num_samples 50000
 
-``bpd``: the full variational bound on --bpd_split. ``fid``: FID / KID of --num_samples samples
-against --reference_split, on the classifier's (or InceptionV3's) features. ``floor``: the same
-for the first --num_samples real images of --floor_split, the best a model can do at that count.
+``bpd``: the variational bound on --bpd_split (all T terms, or an unbiased Monte Carlo estimate
+with --bpd_estimator mc). ``fid``: FID / KID of --num_samples samples against --reference_split,
+on the classifier's (or InceptionV3's) features. ``floor``: the same for the first --num_samples
+real images of --floor_split, the best a model can do at that count. ``is``: the Inception Score
+of the same samples (InceptionV3's 1008-way logits, 10 splits).
 """
 
 import json
@@ -26,12 +30,13 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    data as input_pipeline, distributed, evaluation, generate, inception, pretrained)
+    data as input_pipeline, distributed, evaluation, generate, pretrained)
+from ddpm_jax.evaluation import inception  # noqa: E402
 
-METRICS = ("bpd", "fid", "floor")
+METRICS = ("bpd", "fid", "is", "floor")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (bpd and fid need it or --pretrained).")
+flags.DEFINE_string("workdir", None, "Training workdir (bpd, fid and is need it or --pretrained).")
 flags.DEFINE_string("pretrained", None, "A diffusers model directory or hub id, instead of "
                     "--workdir (then --dataset and --out are needed).")
 flags.DEFINE_list("metrics", ["bpd", "fid"], f"Any of {list(METRICS)}.")
@@ -45,11 +50,19 @@ flags.DEFINE_integer("seed", 0, "Seed of the bound's noise, the samples and the 
 flags.DEFINE_string("bpd_split", "test", "Split for bits/dim.")
 flags.DEFINE_integer("bpd_examples", None, "Evaluate the first N images (default: all).")
 flags.DEFINE_integer("bpd_batch_size", 64, "Global batch size of the bound.")
+flags.DEFINE_enum("bpd_estimator", "full", list(evaluation.bound.ESTIMATORS),
+                  "full: all T terms per image; mc: prior and decoder exact + --bpd_timesteps "
+                  "stratified timesteps (unbiased, T/K times cheaper).")
+flags.DEFINE_integer("bpd_timesteps", None, "K, timesteps per image of --bpd_estimator=mc.")
 # FID / KID.
 flags.DEFINE_string("classifier", None, "Feature classifier file (written by --train_classifier).")
 flags.DEFINE_string("inception_weights", None,
-                    "InceptionV3 weights (pytorch-fid's .pth, or .npz): pool3 features instead of "
-                    "the classifier's.")
+                    "InceptionV3 weights: 'auto' (pytorch-fid's, downloaded once into --cache_dir "
+                    "and verified) or a path (.pth read without torch, or .npz): pool3 features "
+                    "instead of the classifier's, and the logits of the Inception Score.")
+flags.DEFINE_string("cache_dir", None,
+                    "Cache of downloaded weights (default: $XDG_CACHE_HOME/ddpm_jax or "
+                    "~/.cache/ddpm_jax).")
 flags.DEFINE_integer("feature_batch_size", 200, "Images per feature-network call.")
 flags.DEFINE_integer("num_samples", 1000, "Generated (and, for floor, real) images.")
 flags.DEFINE_integer("sample_batch_size", 256, "Images per sampler call, a multiple of the "
@@ -63,6 +76,11 @@ flags.DEFINE_string("floor_split", "train", "Real images compared with the refer
 flags.DEFINE_string("reference_cache", None,
                     "Reference statistics .npz (default: beside the classifier, named after the "
                     "dataset and split); recomputed when its provenance differs.")
+flags.DEFINE_string("reference_stats", None,
+                    "Precomputed reference (mu, sigma) .npz in pytorch-fid / TTUR's format, used "
+                    "instead of --reference_split (FID only; its SHA-256 goes into the JSON).")
+flags.DEFINE_string("save_reference_stats", None,
+                    "Also write the --reference_split statistics as a pytorch-fid / TTUR .npz.")
 flags.DEFINE_integer("kid_subsets", 100, "KID subset pairs.")
 flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size.")
 # Classifier training.
@@ -98,12 +116,48 @@ def train_classifier() -> dict:
     return {"classifier": FLAGS.classifier, **provenance}
 
 
+def _feature_network() -> tuple:
+    """(extractor, its description for the JSON, the IS logits' weight or None) from the flags."""
+    if FLAGS.inception_weights:
+        path = (inception.fetch_pytorch_fid_weights(FLAGS.cache_dir)
+                if FLAGS.inception_weights == "auto" else FLAGS.inception_weights)
+        extractor = inception.load_inception(path, batch_size=FLAGS.feature_batch_size)
+        logits_weight = inception.logits_weight(path) if "is" in FLAGS.metrics else None
+        info = {"file": str(path), "sha256": inception.weights_sha256(path)}
+    elif "is" in FLAGS.metrics:
+        raise ValueError("is needs --inception_weights: the Inception Score is defined on "
+                         "InceptionV3's 1008-way logits")
+    elif FLAGS.classifier:
+        extractor, info = evaluation.load_classifier(FLAGS.classifier,
+                                                     batch_size=FLAGS.feature_batch_size)
+        info, logits_weight = {"file": FLAGS.classifier, **info}, None
+    else:
+        raise ValueError("fid and floor need --classifier (train one with --train_classifier) "
+                         "or --inception_weights")
+    return extractor, {"name": extractor.name, **info}, logits_weight
+
+
+def _reference(extractor, weights_file: str, dataset: str, data_dir: str | None):
+    """--reference_stats, or the cached statistics of --reference_split (exported when asked)."""
+    if FLAGS.reference_stats:
+        return evaluation.load_reference_stats(FLAGS.reference_stats,
+                                               feature_network=extractor.name)
+    split_tag = re.sub(r"[^\w.-]+", "_", FLAGS.reference_split).strip("_")
+    cache = FLAGS.reference_cache or (
+        f"{os.path.splitext(weights_file)[0]}.{dataset}.{split_tag}.reference.npz")
+    reference = evaluation.reference_statistics(
+        extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir, cache=cache)
+    if FLAGS.save_reference_stats and jax.process_index() == 0:
+        evaluation.save_reference_stats(FLAGS.save_reference_stats, reference)
+    return reference
+
+
 def evaluate() -> dict:
     """Computes the requested metrics; returns them with their provenance."""
     unknown = sorted(set(FLAGS.metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; expected any of {list(METRICS)}")
-    needs_run = {"bpd", "fid"} & set(FLAGS.metrics)
+    needs_run = {"bpd", "fid", "is"} & set(FLAGS.metrics)
     if needs_run and not (FLAGS.workdir or FLAGS.pretrained):
         raise ValueError(f"metrics {sorted(needs_run)} need --workdir or --pretrained")
     if FLAGS.workdir and FLAGS.pretrained:
@@ -127,33 +181,23 @@ def evaluate() -> dict:
                                            keep_in_memory=False)
         results["bpd"] = {"split": FLAGS.bpd_split, **_timed(
             evaluation.bits_per_dim, trained, source, params=FLAGS.params,
-            batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed)}
+            batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed,
+            estimator=FLAGS.bpd_estimator, timesteps_per_image=FLAGS.bpd_timesteps)}
+    if {"fid", "is", "floor"} & set(FLAGS.metrics):
+        extractor, results["feature_network"], logits_weight = _feature_network()
     if {"fid", "floor"} & set(FLAGS.metrics):
-        if FLAGS.inception_weights:
-            extractor, info = inception.load_inception(
-                FLAGS.inception_weights, batch_size=FLAGS.feature_batch_size), {}
-        elif FLAGS.classifier:
-            extractor, info = evaluation.load_classifier(
-                FLAGS.classifier, batch_size=FLAGS.feature_batch_size)
-        else:
-            raise ValueError("fid and floor need --classifier (train one with --train_classifier) "
-                             "or --inception_weights")
-        weights = FLAGS.inception_weights or FLAGS.classifier
-        results["feature_network"] = {"name": extractor.name, "file": weights, **info}
-        split_tag = re.sub(r"[^\w.-]+", "_", FLAGS.reference_split).strip("_")
-        cache = FLAGS.reference_cache or (
-            f"{os.path.splitext(weights)[0]}.{dataset}.{split_tag}.reference.npz")
-        reference = evaluation.reference_statistics(
-            extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir,
-            cache=cache)
+        reference = _reference(extractor, results["feature_network"]["file"], dataset, data_dir)
         kid = dict(kid_subsets=FLAGS.kid_subsets, kid_subset_size=FLAGS.kid_subset_size,
                    seed=FLAGS.seed)
-    if "fid" in FLAGS.metrics:
-        results["fid"] = _timed(
-            evaluation.fid_kid, trained, num_samples=FLAGS.num_samples, reference=reference,
-            feature_extractor=extractor, params=FLAGS.params,
-            batch_size=FLAGS.sample_batch_size, sampler=FLAGS.sampler,
-            num_steps=FLAGS.num_steps, spacing=FLAGS.spacing, eta=FLAGS.eta, **kid)
+    if {"fid", "is"} & set(FLAGS.metrics):
+        # One set of samples for FID, KID and IS, reported under "fid" (or "is" when alone).
+        fid = "fid" in FLAGS.metrics
+        results["fid" if fid else "is"] = _timed(
+            evaluation.fid_kid, trained, num_samples=FLAGS.num_samples,
+            reference=reference if fid else None, feature_extractor=extractor,
+            params=FLAGS.params, batch_size=FLAGS.sample_batch_size, sampler=FLAGS.sampler,
+            num_steps=FLAGS.num_steps, spacing=FLAGS.spacing, eta=FLAGS.eta,
+            logits_weight=logits_weight, **(kid if fid else {}))
     if "floor" in FLAGS.metrics:
         def floor():
             real = input_pipeline.load_split(dataset, FLAGS.floor_split, data_dir=data_dir,
@@ -179,7 +223,7 @@ def main(argv):
                 raise ValueError("--out is needed without --workdir")
             results = evaluate()
             out = FLAGS.out or os.path.join(FLAGS.workdir, "metrics.json")
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:  # OSError: files, ConnectionError
         sys.exit(f"evaluate.py: error: {e}")
     text = json.dumps(results, indent=2)
     if jax.process_index() == 0:

@@ -1,4 +1,5 @@
-"""Fast checks of the benchmark code: python -m pytest -q benchmarks (no timing, no compiling)."""
+"""Fast checks of the benchmark code (no timing, no compiling); collected by `make test`
+through pyproject's testpaths, alone with `python -m pytest -q benchmarks`."""
 
 import pytest
 

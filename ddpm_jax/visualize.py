@@ -7,6 +7,7 @@ function takes uint8 images with C in {1, 3} (grayscale or RGB).
 
 import base64
 import html
+import importlib.resources
 import io
 import json
 import math
@@ -212,142 +213,10 @@ def save_gif(
         )
 
 
-_HTML_TEMPLATE = string.Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title</title>
-<style>
-  :root { color-scheme: dark; }
-  body { margin: 0; padding: 24px; background: #161719; color: #d6d6d6;
-         font: 15px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-  main { max-width: 1180px; margin: 0 auto; }
-  h1 { font-size: 20px; font-weight: 600; margin: 0 0 18px; color: #ececec; }
-  .panels { display: flex; flex-wrap: wrap; gap: 20px; justify-content: center; }
-  figure { margin: 0; padding: 12px; background: #1f2023; border: 1px solid #2c2e32;
-           border-radius: 10px; }
-  figcaption { margin-bottom: 10px; text-align: center; font-size: 13px; color: #9a9ea5; }
-  .panels img { display: block; width: min(44vw, 540px); height: auto;
-                background: #000; image-rendering: pixelated; }
-  .controls { display: flex; flex-wrap: wrap; align-items: center; gap: 14px;
-              margin: 20px auto 0; max-width: 1108px; }
-  #slider { flex: 1 1 300px; accent-color: #8ab4f8; }
-  button, select { padding: 6px 14px; font: inherit; color: inherit; background: #2b2d31;
-                   border: 1px solid #3d4046; border-radius: 6px; cursor: pointer; }
-  button:hover, select:hover { background: #34373c; }
-  #play { min-width: 5.5em; }
-  .readout { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
-             font-variant-numeric: tabular-nums; }
-  #label { min-width: 8ch; font-size: 17px; color: #ffffff; }
-  #counter { min-width: 13ch; font-size: 13px; color: #8c9096; }
-  .hint { margin: 14px auto 0; max-width: 1108px; font-size: 12px; color: #6f737a; }
-</style>
-</head>
-<body>
-<main>
-<h1>$title</h1>
-<div class="panels">
-  <figure>
-    <figcaption>x<sub>t</sub> &mdash; current sample</figcaption>
-    <img id="xt" alt="x_t">
-  </figure>
-  <figure>
-    <figcaption>predicted x<sub>0</sub></figcaption>
-    <img id="x0" alt="predicted x_0">
-  </figure>
-</div>
-<div class="controls">
-  <button id="play" type="button">Play</button>
-  <input id="slider" type="range" min="0" max="$last_index" step="1" value="0" aria-label="frame">
-  <span id="label" class="readout"></span>
-  <span id="counter" class="readout"></span>
-  <label>speed <select id="speed">
-    <option value="10">10 fps</option>
-    <option value="30">30 fps</option>
-    <option value="60" selected>60 fps</option>
-    <option value="120">120 fps</option>
-    <option value="240">240 fps</option>
-  </select></label>
-</div>
-<p class="hint">Space: play / pause &middot; &larr; / &rarr;: step one frame</p>
-</main>
-<script type="application/json" id="frames">$frames_json</script>
-<script>
-"use strict";
-const data = JSON.parse(document.getElementById("frames").textContent);
-const lastIndex = data.labels.length - 1;
-const xt = document.getElementById("xt");
-const x0 = document.getElementById("x0");
-const slider = document.getElementById("slider");
-const label = document.getElementById("label");
-const counter = document.getElementById("counter");
-const playButton = document.getElementById("play");
-const speed = document.getElementById("speed");
-// Decode every frame up front so scrubbing and playback do not flicker.
-const cache = data.x_t.concat(data.x0_pred).map(function (src) {
-  const image = new Image();
-  image.src = src;
-  return image;
-});
-let playing = false;
-let previousTime = 0;
-let pendingFrames = 0;
-
-function show(index) {
-  slider.value = String(index);
-  xt.src = data.x_t[index];
-  x0.src = data.x0_pred[index];
-  label.textContent = data.labels[index];
-  counter.textContent = "frame " + (index + 1) + " / " + (lastIndex + 1);
-}
-
-function tick(now) {
-  if (!playing) return;
-  pendingFrames += (now - previousTime) * Number(speed.value) / 1000;
-  previousTime = now;
-  const steps = Math.floor(pendingFrames);
-  if (steps > 0) {
-    pendingFrames -= steps;
-    const index = Math.min(Number(slider.value) + steps, lastIndex);
-    show(index);
-    if (index === lastIndex) {
-      setPlaying(false);
-      return;
-    }
-  }
-  requestAnimationFrame(tick);
-}
-
-function setPlaying(on) {
-  playing = on;
-  playButton.textContent = on ? "Pause" : "Play";
-  if (!on) return;
-  if (Number(slider.value) === lastIndex) show(0);
-  previousTime = performance.now();
-  pendingFrames = 0;
-  requestAnimationFrame(tick);
-}
-
-playButton.addEventListener("click", function () { setPlaying(!playing); });
-slider.addEventListener("input", function () { show(Number(slider.value)); });
-document.addEventListener("keydown", function (event) {
-  if (event.target.closest("button, select, input")) return;
-  if (event.key === " ") {
-    event.preventDefault();
-    setPlaying(!playing);
-  } else if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
-    event.preventDefault();
-    setPlaying(false);
-    const step = event.key === "ArrowLeft" ? -1 : 1;
-    show(Math.max(0, Math.min(lastIndex, Number(slider.value) + step)));
-  }
-});
-show(0);
-</script>
-</body>
-</html>
-""")
+def _html_template() -> string.Template:
+    """The player page (package data reverse_process.html): $title, $last_index, $frames_json."""
+    page = importlib.resources.files("ddpm_jax").joinpath("reverse_process.html")
+    return string.Template(page.read_text(encoding="utf-8"))
 
 
 def save_reverse_process_html(
@@ -399,7 +268,7 @@ def save_reverse_process_html(
         "x0_pred": [_png_data_uri(frame) for frame in x0_pred],
         "labels": [f"t = {t}" if t > 0 else "x_0" for t in timesteps.tolist()],
     })
-    page = _HTML_TEMPLATE.substitute(
+    page = _html_template().substitute(
         title=html.escape(title), last_index=len(x_t) - 1, frames_json=frames_json
     )
     epath.Path(path).write_text(page, encoding="utf-8")

@@ -133,6 +133,35 @@ def test_bound_masks_padding_and_is_sharding_invariant():
         evaluation.bound_on_split(exact_eps(schedule), {}, schedule, source, batch_size=12)
 
 
+def test_mc_bound_is_unbiased_within_its_stated_error():
+    """The Monte Carlo bound (prior and decoder exact, K = 3 stratified timesteps of the 19
+    diffusion terms, strata of 7, 6, 6) against the full bound on T = 20 (the tiny config's
+    schedule), each on its own 2048 images: independent estimates of the same expectation, so
+    z = (mc - full) / sqrt(se_mc^2 + se_full^2) is N(0, 1). The denoiser is the exact one shrunk
+    by 0.6, so every diffusion term is large and varies with t (a wrong stratum weight would
+    show: the diffusion part is ~40x the MC standard error)."""
+    schedule = d.make_schedule("linear", 20)
+    exact = exact_eps(schedule)
+    shrunk = lambda params, x, t: 0.6 * exact(params, x, t)
+    run = lambda seed, **kw: evaluation.bound_on_split(
+        shrunk, {}, schedule, discrete_source(2048, 4, seed=seed)[0], batch_size=512, seed=seed,
+        **kw)
+    full, mc = run(10), run(11, estimator="mc", timesteps_per_image=3)
+    z = (mc["bpd"] - full["bpd"]) / np.hypot(mc["bpd_stderr"], full["bpd_stderr"])
+    assert abs(z) < 3, (z, mc["bpd"], full["bpd"])
+    assert mc["diffusion_bpd"] > 20 * mc["bpd_stderr"], (mc["diffusion_bpd"], mc["bpd_stderr"])
+    assert mc["estimator"] == "mc" and mc["timesteps_per_image"] == 3
+    assert [b["t"] for b in mc["diffusion_bpd_by_t"]] == [[2, 8], [9, 14], [15, 20]]
+    np.testing.assert_allclose(mc["prior_bpd"] + mc["decoder_bpd"] + mc["diffusion_bpd"],
+                               mc["bpd"], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"sampled timesteps must be in \[1, 19\].*got 20"):
+        run(0, estimator="mc", timesteps_per_image=20)
+    with pytest.raises(ValueError, match="unknown bits/dim estimator 'exact'"):
+        run(0, estimator="exact")
+    with pytest.raises(ValueError, match="'mc' estimator needs timesteps_per_image"):
+        run(0, estimator="mc")
+
+
 @pytest.fixture(scope="module")
 def trained(trained_workdir):
     return generate.load_workdir(str(trained_workdir))
@@ -156,7 +185,9 @@ def classifier(splits, tmp_path_factory):
 
 
 def test_bits_per_dim_of_checkpoint(trained, splits):
-    r = evaluation.bits_per_dim(trained, splits[1], batch_size=16, num_examples=24)
+    run = lambda **kw: evaluation.bits_per_dim(trained, splits[1], batch_size=16,
+                                               num_examples=24, num_t_bins=19, **kw)
+    r = run()
     assert r["num_examples"] == 24 and r["step"] == 4 and r["params"] == "ema"
     assert r["num_timesteps"] == 20 and r["variance"] == "fixedlarge"
     assert np.isfinite(r["bpd"]) and r["bpd"] > 0 and r["bpd_stderr"] > 0
@@ -164,6 +195,15 @@ def test_bits_per_dim_of_checkpoint(trained, splits):
                                rtol=1e-5)
     with pytest.raises(ValueError, match="unknown params 'best'"):
         evaluation.bits_per_dim(trained, splits[1], params="best", batch_size=16)
+    # The Monte Carlo bound with K = T - 1 strata of one timestep each uses the full bound's
+    # noise: the same numbers.
+    mc = run(estimator="mc", timesteps_per_image=19)
+    for key in ("bpd", "bpd_stderr", "prior_bpd", "decoder_bpd", "diffusion_bpd"):
+        np.testing.assert_allclose(mc[key], r[key], rtol=2e-6, err_msg=key)
+    assert [b["t"] for b in mc["diffusion_bpd_by_t"]] == [[t, t] for t in range(2, 21)]
+    np.testing.assert_allclose([b["bpd"] for b in mc["diffusion_bpd_by_t"]],
+                               [b["bpd"] for b in r["diffusion_bpd_by_t"]], rtol=2e-6)
+    assert r["estimator"] == "full" and "timesteps_per_image" not in r
 
 
 def test_classifier_features_and_reference_cache(classifier, splits, fashion_dir, tmp_path):
@@ -193,6 +233,13 @@ def test_classifier_features_and_reference_cache(classifier, splits, fashion_dir
     assert len(calls) == num_calls
     np.testing.assert_array_equal(again.mu, first.mu)
     assert ref("test[:48]").features.shape == (48, 128) and len(calls) > num_calls  # new split
+    # Another copy of the dataset (issue 22): its own cache entry, not the first copy's stats.
+    copy = tmp_path / "copy_of_data"
+    copy.symlink_to(fashion_dir, target_is_directory=True)
+    num_calls = len(calls)
+    other = evaluation.reference_statistics(counting, dataset="fashion_mnist", split="test[:48]",
+                                            data_dir=copy, cache=cache)
+    assert len(calls) > num_calls and other.provenance["data_dir"] == str(copy)
     renamed = evaluation.FeatureFunction("another network", extractor.fn)
     assert ref("test[:48]", renamed).provenance["feature_network"] == "another network"
 
@@ -230,6 +277,7 @@ def test_evaluate_cli(trained_workdir, fashion_dir, tmp_path):
     result = run_cli("evaluate.py", "--workdir", str(trained_workdir), data,
                      "--metrics", "bpd,fid,floor", "--out", str(out), "--classifier", classifier,
                      "--bpd_split", "test[:32]", "--bpd_examples", "16", "--bpd_batch_size", "8",
+                     "--bpd_estimator", "mc", "--bpd_timesteps", "5",
                      "--num_samples", "16", "--sample_batch_size", "16", "--sampler", "ddim",
                      "--num_steps", "4",
                      "--reference_split", "test[:64]", "--floor_split", "train[:32]",
@@ -239,6 +287,7 @@ def test_evaluate_cli(trained_workdir, fashion_dir, tmp_path):
     assert metrics["step"] == 4 and metrics["dataset"] == "fashion_mnist"
     assert metrics["bpd"]["split"] == "test[:32]" and metrics["bpd"]["num_examples"] == 16
     assert np.isfinite(metrics["bpd"]["bpd"])
+    assert metrics["bpd"]["estimator"] == "mc" and metrics["bpd"]["timesteps_per_image"] == 5
     fid = metrics["fid"]
     assert fid["num_samples"] == 16 and fid["sampler"] == "ddim" and fid["num_steps"] == 4
     assert fid["reference"]["split"] == "test[:64]" and fid["reference"]["num_examples"] == 64
@@ -248,4 +297,4 @@ def test_evaluate_cli(trained_workdir, fashion_dir, tmp_path):
     bad = run_cli("evaluate.py", "--workdir", str(trained_workdir), "--metrics", "fid,bleu")
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1] == (
-        "evaluate.py: error: unknown metrics ['bleu']; expected any of ['bpd', 'fid', 'floor']")
+        "evaluate.py: error: unknown metrics ['bleu']; expected any of ['bpd', 'fid', 'is', 'floor']")

@@ -1,10 +1,19 @@
 """InceptionV3 (pytorch-fid's FID Inception): its layers against float64 numpy references of the
-PyTorch ops, the expected state dict, and the loader on random weights (no weights ship here)."""
+PyTorch ops and against torch's resize (a fixture), the expected state dict, the loader on random
+weights (no weights ship here), the torch-free state-dict reader on torch-written fixtures, and
+fetching verified weights from a local HTTP server (never the internet)."""
 
 import hashlib
+import http.server
+import io
 import json
 import math
-import sys
+import os
+import pathlib
+import pickle
+import re
+import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,7 +21,10 @@ import pytest
 import jax.numpy as jnp
 
 from conftest import run_cli
-from ddpm_jax import inception
+from ddpm_jax import evaluation
+from ddpm_jax.evaluation import downloads, inception, torch_state_dict
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "data" / "torch_state_dicts"
 
 
 def random_state_dict(seed=0):
@@ -38,8 +50,8 @@ def state():
 def weights_path(state, tmp_path_factory):
     """The random weights as an .npz, with the entries the loader ignores."""
     path = tmp_path_factory.mktemp("inception") / "weights.npz"
-    np.savez(path, **state, **{"fc.weight": np.zeros((1008, 2048), np.float32),
-                               "fc.bias": np.zeros(1008, np.float32),
+    fc = np.random.default_rng(5).normal(0, 0.05, (1008, 2048)).astype(np.float32)
+    np.savez(path, **state, **{"fc.weight": fc, "fc.bias": np.zeros(1008, np.float32),
                                "Conv2d_1a_3x3.bn.num_batches_tracked": np.int64(0)})
     return path
 
@@ -155,32 +167,15 @@ def test_features_from_random_weights(extractor, weights_path, gray_images, gray
         extractor(np.zeros((2, 16, 16, 2)))
 
 
-def test_pth_state_dict(state, gray_images, gray_features, tmp_path, monkeypatch):
-    """A .pth reads like the .npz where torch is installed (the [bench] extra); without torch,
-    the error names the conversion."""
-    path = tmp_path / "weights.pth"
-    try:
-        import torch
-    except ImportError:
-        path.write_bytes(b"not read without torch")
-    else:
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-        np.testing.assert_array_equal(
-            inception.load_inception(str(path), batch_size=2)(gray_images), gray_features)
-    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    with pytest.raises(ImportError, match=r"needs torch.*convert it to \.npz.*np\.savez"):
-        inception.load_inception(str(path))
-
-
 def test_errors(state, tmp_path):
     def write(name, tensors):
         np.savez(tmp_path / name, **tensors)
         return str(tmp_path / name)
 
-    with pytest.raises(FileNotFoundError, match="no Inception weights file .*never downloads"):
+    with pytest.raises(FileNotFoundError, match="no Inception weights file .*'auto' to download"):
         inception.load_inception(str(tmp_path / "absent.npz"))
     (tmp_path / "weights.h5").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"unknown extension '\.h5'.*expected \.npz, or \.pth"):
+    with pytest.raises(ValueError, match=r"unknown extension '\.h5'.*expected \.npz, \.pth or"):
         inception.load_inception(str(tmp_path / "weights.h5"))
     # Key checks come before shape checks: placeholders suffice.
     tiny = {k: np.zeros(1, np.float32) for k in state}
@@ -198,24 +193,234 @@ def test_errors(state, tmp_path):
         inception.load_inception(wrong)
 
 
+def test_resize_matches_torch_interpolate():
+    """32x32 -> 299x299 as pytorch-fid resizes, against torch's own output (a fixture)."""
+    with np.load(FIXTURES / "resize_expected.npz") as f:
+        images, expected = f["images"], f["resized_every_13th"]
+    out = inception.resize_bilinear(jnp.asarray(images.transpose(0, 2, 3, 1)), (299, 299))
+    np.testing.assert_allclose(np.asarray(out)[:, ::13, ::13], expected.transpose(0, 2, 3, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_read_state_dict_equals_torch(fmt):
+    """Both torch.save formats, written by torch (tests/data/torch_state_dicts/make_*.py):
+    strided, offset, 0-d, half, bfloat16, bool and integer tensors and a Parameter."""
+    state = torch_state_dict.read_state_dict(FIXTURES / f"state_dict_{fmt}.pth")
+    with np.load(FIXTURES / "state_dict_expected.npz") as f:
+        assert list(state) == f.files
+        for k in f.files:
+            assert state[k].shape == f[k].shape, k
+            np.testing.assert_array_equal(state[k].astype(f[k].dtype), f[k], err_msg=k)
+    assert state["bfloat"].dtype.name == "bfloat16" and state["half"].dtype == np.float16
+    assert state["bn.num_batches_tracked"].shape == () and state["mask"].dtype == bool
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("payload, refused", [
+    (_RunsCode(), "posix.system"),
+    ({"w": pickle.loads(pickle.dumps(np.float32))}, "numpy.float32"),
+])
+def test_read_state_dict_refuses_other_globals_by_name(tmp_path, payload, refused):
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(payload, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=rf"refusing global {refused} in .*evil"):
+        torch_state_dict.read_state_dict(path)
+    legacy = tmp_path / "evil_legacy.pth"
+    legacy.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in (
+        torch_state_dict._LEGACY_MAGIC, torch_state_dict._LEGACY_PROTOCOL, {}, payload)))
+    with pytest.raises(pickle.UnpicklingError, match=rf"refusing global {refused}"):
+        torch_state_dict.read_state_dict(legacy)
+
+
+class _Server:
+    """A local HTTP server of one file; counts GET requests; can drop the connection half-way."""
+
+    def __init__(self, body: bytes):
+        self.body, self.requests, self.drop = body, 0, False
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                if server.drop:
+                    self.wfile.write(server.body[:len(server.body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                else:
+                    self.wfile.write(server.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/weights-0123abcd.pth"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = _Server(os.urandom(300_000))
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def test_fetch_weights_downloads_once_and_verifies(server, tmp_path):
+    digest = hashlib.sha256(server.body).hexdigest()
+    path = downloads.fetch_weights(server.url, digest, cache_dir=tmp_path / "cache")
+    assert path == tmp_path / "cache" / "weights-0123abcd.pth"
+    assert path.read_bytes() == server.body and server.requests == 1
+    # Cached: verified and reused without a request (a prefix of 8 hex digits suffices).
+    assert downloads.fetch_weights(server.url, digest[:8].upper(),
+                                   cache_dir=tmp_path / "cache") == path
+    assert server.requests == 1
+    assert os.listdir(tmp_path / "cache") == ["weights-0123abcd.pth"]
+
+
+def test_fetch_weights_wrong_digest_names_both_and_leaves_nothing(server, tmp_path):
+    digest = hashlib.sha256(server.body).hexdigest()
+    with pytest.raises(ValueError, match=rf"SHA-256 {digest}, expected {'0' * 64}.*deleted"):
+        downloads.fetch_weights(server.url, "0" * 64, cache_dir=tmp_path)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "weights-0123abcd.pth").write_bytes(b"something else")
+    with pytest.raises(ValueError, match=r"the cached .* has SHA-256 [0-9a-f]{64}, expected "):
+        downloads.fetch_weights(server.url, digest, cache_dir=tmp_path)
+    assert server.requests == 1  # the cached file is checked, not downloaded again
+    with pytest.raises(ValueError, match="sha256 must be 8 to 64 hex digits, got 'abc'"):
+        downloads.fetch_weights(server.url, "abc", cache_dir=tmp_path)
+
+
+def test_fetch_weights_dropped_connection_or_no_network(server, tmp_path):
+    server.drop = True
+    digest = hashlib.sha256(server.body).hexdigest()
+    with pytest.raises(ConnectionError, match=r"closed after 150000 of 300000 bytes.*put the file "
+                                              r"at .*weights-0123abcd\.pth by hand"):
+        downloads.fetch_weights(server.url, digest, cache_dir=tmp_path)
+    assert os.listdir(tmp_path) == []
+    server.httpd.shutdown()
+    server.httpd.server_close()  # nothing listens on the port any more
+    with pytest.raises(ConnectionError) as error:
+        downloads.fetch_weights(server.url, digest, cache_dir=tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and f"put the file at {tmp_path / 'weights-0123abcd.pth'} by hand" \
+        f" (its SHA-256 starts with {digest})" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_fetch_pytorch_fid_weights_converts_once(tmp_path, monkeypatch):
+    """The 'auto' path: fetched, verified, converted to .npz once; the .npz keeps the .pth's
+    SHA-256 as the weights' identity (served here: the small torch-written fixture)."""
+    body = (FIXTURES / "state_dict_zip.pth").read_bytes()
+    local = _Server(body)
+    digest = hashlib.sha256(body).hexdigest()
+    monkeypatch.setattr(inception, "PYTORCH_FID_WEIGHTS_URL", local.url)
+    monkeypatch.setattr(inception, "PYTORCH_FID_WEIGHTS_SHA256", digest[:8])
+    try:
+        npz = inception.fetch_pytorch_fid_weights(tmp_path)
+        assert npz == tmp_path / "weights-0123abcd.npz" and local.requests == 1
+        mtime = npz.stat().st_mtime_ns
+        assert inception.fetch_pytorch_fid_weights(tmp_path) == npz and local.requests == 1
+        assert npz.stat().st_mtime_ns == mtime
+    finally:
+        local.httpd.shutdown()
+        local.httpd.server_close()
+    state, identity = inception.read_weights(npz)
+    assert identity == digest == inception.weights_sha256(npz)
+    assert inception.read_weights(tmp_path / "weights-0123abcd.pth")[1] == digest
+    np.testing.assert_array_equal(state["conv.weight"],
+                                  np.load(FIXTURES / "state_dict_expected.npz")["conv.weight"])
+
+
+def test_inception_score_matches_improved_gan():
+    """Against a transcription of openai/improved-gan inception_score.py get_inception_score
+    (softmax predictions, 10 consecutive splits, exp of the mean KL to the split's marginal)."""
+    logits = np.random.default_rng(0).normal(0, 3, (1003, 1008))
+    preds = np.exp(logits - logits.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(10):
+        part = preds[(i * preds.shape[0] // 10):((i + 1) * preds.shape[0] // 10), :]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        kl = np.mean(np.sum(kl, 1))
+        scores.append(np.exp(kl))
+    mean, std = evaluation.inception_score(logits)
+    np.testing.assert_allclose([mean, std], [np.mean(scores), np.std(scores)], rtol=1e-9)
+    assert 1 < mean < 1008
+    # One class for every image: 1; each of 1008 classes once per split: 1008 (the extremes).
+    assert evaluation.inception_score(np.full((20, 1008), 0.0), splits=2) == (1.0, 0.0)
+    one_hot = np.tile(np.eye(1008) * 100.0, (2, 1))
+    np.testing.assert_allclose(evaluation.inception_score(one_hot, splits=2)[0], 1008, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"N >= splits >= 1, got shape \(5, 1008\) and splits=10"):
+        evaluation.inception_score(logits[:5])
+
+
+def test_reference_stats_round_trip(tmp_path):
+    features = np.random.default_rng(0).normal(size=(50, 6))
+    mu, sigma = evaluation.feature_statistics(features)
+    computed = evaluation.ReferenceStats(mu, sigma, features, {"feature_network": "net"})
+    path = str(tmp_path / "stats.npz")
+    evaluation.save_reference_stats(path, computed)
+    with np.load(path) as f:
+        assert sorted(f.files) == ["mu", "sigma"]  # pytorch-fid's --save-stats keys
+    loaded = evaluation.load_reference_stats(path, feature_network="net")
+    np.testing.assert_array_equal(loaded.mu, mu)
+    np.testing.assert_array_equal(loaded.sigma, sigma)
+    assert loaded.provenance["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    samples = features[:20] + 0.5
+    against_file = evaluation.compare_features(samples, loaded)
+    against_features = evaluation.compare_features(samples, computed, kid_subsets=2)
+    assert against_file["fid"] == against_features["fid"] > 0
+    assert "kid" not in against_file and "kid" in against_features
+    assert against_file["reference"]["file"] == os.path.abspath(path)
+    np.savez(tmp_path / "bad.npz", m=mu, s=sigma)
+    with pytest.raises(ValueError, match=r"lack \['mu', 'sigma'\]; expected pytorch-fid"):
+        evaluation.load_reference_stats(str(tmp_path / "bad.npz"), feature_network="net")
+
+
 @pytest.mark.slow
-def test_evaluate_cli_with_inception_weights(weights_path, fashion_dir, tmp_path):
-    """``evaluate.py --metrics floor --inception_weights``: real train images vs the test split
-    on pool3 features, with the weights' identity in the report."""
-    out = tmp_path / "floor.json"
-    result = run_cli("evaluate.py", "--metrics", "floor", "--dataset", "fashion_mnist",
-                     f"--data_dir={fashion_dir}", "--inception_weights", str(weights_path),
-                     "--out", str(out), "--num_samples", "8", "--reference_split", "test[:8]",
-                     "--floor_split", "train[:8]", "--kid_subsets", "2", "--feature_batch_size", "8",
-                     "--reference_cache", str(tmp_path / "reference.npz"))
+def test_evaluate_cli_with_inception_weights(weights_path, fashion_dir, trained_workdir,
+                                             tmp_path):
+    """``evaluate.py --inception_weights``: FID, IS and floor of a run on pool3 features, the
+    reference statistics exported in pytorch-fid's format, the weights' SHA-256 in the report;
+    a bad --reference_stats file fails with one line. (One process: Inception compiles once.)"""
+    out, stats, cache = tmp_path / "metrics.json", tmp_path / "stats.npz", tmp_path / "ref.npz"
+    common = ["--dataset", "fashion_mnist", f"--data_dir={fashion_dir}", "--inception_weights",
+              str(weights_path), "--out", str(out)]
+    result = run_cli("evaluate.py", "--metrics", "fid,is,floor", *common, "--workdir",
+                     str(trained_workdir), "--num_samples", "16", "--sample_batch_size", "16",
+                     "--sampler", "ddim", "--num_steps", "2", "--feature_batch_size", "16",
+                     "--reference_split", "test[:16]", "--floor_split", "train[:16]",
+                     "--kid_subsets", "2", "--reference_cache", str(cache),
+                     "--save_reference_stats", str(stats))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(out.read_text())
     name = metrics["feature_network"]["name"]
     assert name.startswith("inception_v3_pool3 sha256:")
-    assert metrics["floor"]["num_images"] == 8 and metrics["floor"]["fid"] > 0
-    assert metrics["floor"]["reference"]["feature_network"] == name
-    bad = run_cli("evaluate.py", "--metrics", "floor", "--dataset", "fashion_mnist",
-                  "--inception_weights", str(tmp_path / "missing.npz"), "--out", str(out))
-    assert bad.returncode != 0
-    assert bad.stderr.strip().splitlines()[-1].startswith(
-        "evaluate.py: error: no Inception weights file")
+    assert metrics["feature_network"]["sha256"] == hashlib.sha256(
+        weights_path.read_bytes()).hexdigest()
+    fid = metrics["fid"]
+    assert fid["fid"] > 0 and fid["reference"]["feature_network"] == name
+    assert fid["inception_score_splits"] == 10 and 1 < fid["inception_score"] < 1008
+    assert metrics["floor"]["num_images"] == 16 and metrics["floor"]["fid"] > 0
+    exported = evaluation.load_reference_stats(str(stats), feature_network=name)
+    with np.load(cache) as f:  # the statistics the run compared against
+        np.testing.assert_array_equal(exported.mu, f["mu"])
+        np.testing.assert_array_equal(exported.sigma, f["sigma"])
+    np.savez(tmp_path / "bad.npz", mean=exported.mu)
+    for args, error in [
+            (["--reference_stats", str(tmp_path / "bad.npz")],
+             "reference statistics .*bad.npz' lack \\['mu', 'sigma'\\]"),
+            (["--inception_weights", str(tmp_path / "missing.npz")],
+             "no Inception weights file .*missing.npz")]:
+        bad = run_cli("evaluate.py", "--metrics", "floor", *common, *args)
+        assert bad.returncode != 0
+        assert re.match(f"evaluate.py: error: {error}", bad.stderr.strip().splitlines()[-1])

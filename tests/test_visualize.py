@@ -1,6 +1,7 @@
 """Tests for ddpm_jax.visualize: uint8 conversion, grids, PNG, GIF and the HTML player."""
 
 import base64
+import hashlib
 import html.parser
 import io
 import re
@@ -295,3 +296,17 @@ def test_bad_inputs_raise_value_error(tmp_path, monkeypatch, call, message):
     with pytest.raises(ValueError, match=message):
         call()
     assert list(tmp_path.iterdir()) == []  # nothing is written on bad input
+
+
+def test_reverse_process_html_page_is_unchanged_by_its_move_to_package_data(tmp_path,
+                                                                            monkeypatch):
+    """The page (package data ``reverse_process.html``) writes the same bytes as the inline
+    template it replaced (commit fef72b6). PNG encoding is stubbed out, so the digest depends on
+    the page and the frames' JSON only, not on Pillow's zlib; after a deliberate edit of the
+    page, update the digest."""
+    monkeypatch.setattr(visualize, "_png_data_uri",
+                        lambda frame: f"png:{frame.shape}:{int(frame.sum())}")
+    page = _write_html(tmp_path, 3)
+    assert hashlib.sha256(page.encode("utf-8")).hexdigest() == (
+        "e5c234d393587061f698f9d9a2b6f128c4e0404051095bb5d60f24754c953258")
+

@@ -1,43 +1,19 @@
-"""InceptionV3 pool3 features for FID / KID, from user-supplied weights.
+"""pytorch-fid's FID InceptionV3 as a Flax module, up to the 2048-d pool3 features.
 
-    extractor = inception.load_inception("pt_inception-2015-12-05-6726825d.npz", batch_size=200)
-    features = extractor(images)  # images [N, H, W, 1 or 3] in [-1, 1] -> [N, 2048]
-
-``InceptionV3`` is the FID Inception of pytorch-fid (``fid_inception_v3()`` in mseitzer/pytorch-fid
-``src/pytorch_fid/inception.py``): torchvision's Inception3 with the TensorFlow graph's quirks
-(average pools that do not count padding, a max pool in the last block). With pytorch-fid's
-weights, ``pt_inception-2015-12-05-6726825d.pth`` (the TensorFlow FID graph's), the features are
-pytorch-fid's, so FIDs compare with published ones (pytorch-fid: 0.09% off TensorFlow's on LSUN).
-Weights are never downloaded: pass the file's path. A ``.pth`` needs torch; without it, convert
-it to ``.npz`` once where torch is installed:
-
-    import numpy as np, torch
-    sd = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu", weights_only=True)
-    np.savez("pt_inception-2015-12-05-6726825d.npz", **{k: v.numpy() for k, v in sd.items()})
+``InceptionV3`` is ``fid_inception_v3()`` of mseitzer/pytorch-fid (``src/pytorch_fid/
+inception.py``): torchvision's Inception3 with the TensorFlow FID graph's quirks (average pools
+that do not count padding, a max pool in the last block). Module names are its state_dict
+prefixes; ``evaluation.inception`` loads the weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-import functools
-import hashlib
-import os
-from typing import Any
-
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from ddpm_jax.evaluation import FeatureFunction
 
 INPUT_SIZE = 299
 BN_EPS = 1e-3  # torchvision's BasicConv2d
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-_CONVERT = ("python -c \"import sys, numpy as np, torch; np.savez(sys.argv[2], **{k: v.numpy() "
-            "for k, v in torch.load(sys.argv[1], map_location='cpu', weights_only=True).items()})\""
-            " WEIGHTS.pth WEIGHTS.npz")
 
 
 def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -209,113 +185,3 @@ class InceptionV3(nn.Module):
         x = InceptionE(max_pool=False, name="Mixed_7b")(x)  # 8x8x2048
         x = InceptionE(max_pool=True, name="Mixed_7c")(x)
         return x.mean(axis=(1, 2))
-
-
-@functools.cache
-def _param_shapes() -> dict[str, tuple[int, ...]]:
-    """The Flax params of ``InceptionV3``, flattened to 'Mixed_5b/branch1x1/conv/kernel'."""
-    shapes = jax.eval_shape(InceptionV3().init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
-    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes["params"], sep="/").items()}
-
-
-def state_dict_shapes() -> dict[str, tuple[int, ...]]:
-    """pytorch-fid's state_dict names -> shapes, without ``fc`` and ``num_batches_tracked``.
-
-    Per BasicConv2d ``<prefix>``: ``<prefix>.conv.weight`` [out, in, kh, kw] and
-    ``<prefix>.bn.{weight,bias,running_mean,running_var}`` [out].
-    """
-    shapes = {}
-    for path, shape in _param_shapes().items():
-        if path.endswith("/conv/kernel"):
-            prefix = path.removesuffix("/conv/kernel").replace("/", ".")
-            kh, kw, c_in, c_out = shape
-            shapes[f"{prefix}.conv.weight"] = (c_out, c_in, kh, kw)
-            shapes.update({f"{prefix}.bn.{k}": (c_out,) for k in _BN_KEYS})
-    return shapes
-
-
-def _read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A state dict from an .npz, or from a .pth / .pt when torch is importable."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no Inception weights file {path!r}; ddpm_jax never downloads "
-                                f"them: pass the path of pytorch-fid's "
-                                f"pt_inception-2015-12-05-6726825d.pth (or its .npz)")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    if ext not in (".pth", ".pt"):
-        raise ValueError(f"unknown extension {ext!r} of Inception weights {path!r}; expected "
-                         f".npz, or .pth / .pt (with torch installed)")
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(f"reading {path!r} needs torch, which is not installed; convert it to "
-                          f".npz where torch is: {_CONVERT}") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.numpy() for k, v in state.items()}
-
-
-def fold_batch_norm(conv_weight: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                    running_mean: np.ndarray, running_var: np.ndarray) -> dict[str, Any]:
-    """A ``BasicConv2d``'s params from PyTorch's conv [out, in, kh, kw] and BatchNorm [out].
-
-    ``scale = weight / sqrt(running_var + 1e-3)``, ``bias - running_mean * scale``, computed in
-    float64; all stored as float32, the kernel as [kh, kw, in, out].
-    """
-    w, b, mean, var = (np.asarray(a, np.float64) for a in (weight, bias, running_mean,
-                                                            running_var))
-    scale = w / np.sqrt(var + BN_EPS)
-    return {"conv": {"kernel": jnp.asarray(np.transpose(conv_weight, (2, 3, 1, 0)), jnp.float32)},
-            "scale": jnp.asarray(scale, jnp.float32),
-            "bias": jnp.asarray(b - mean * scale, jnp.float32)}
-
-
-def _params_from_state_dict(state: Mapping[str, np.ndarray], path: str) -> dict[str, Any]:
-    """``InceptionV3`` params from a pytorch-fid state dict, checked against its names."""
-    expected = state_dict_shapes()
-    ignored = {k for k in state if k in ("fc.weight", "fc.bias")
-               or k.endswith(".num_batches_tracked")}
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys() - ignored)
-    for what, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            raise ValueError(f"{len(keys)} {what} keys in the Inception weights {path!r}, e.g. "
-                             f"{keys[:5]}; expected pytorch-fid's FID Inception state dict")
-    for k, shape in expected.items():
-        if np.shape(state[k]) != shape:
-            raise ValueError(f"Inception weight {k!r} in {path!r} has shape "
-                             f"{np.shape(state[k])}, expected {shape}")
-    layers = [k.removesuffix(".conv.weight") for k in expected if k.endswith(".conv.weight")]
-    return traverse_util.unflatten_dict({
-        tuple(layer.split(".")): fold_batch_norm(state[f"{layer}.conv.weight"],
-                                                 *(state[f"{layer}.bn.{k}"] for k in _BN_KEYS))
-        for layer in layers})
-
-
-@jax.jit
-def _pool3(params: Any, images: jax.Array) -> jax.Array:
-    """Resized RGB images [N, 299, 299, 3] -> pool3 features [N, 2048]."""
-    return InceptionV3().apply({"params": params}, images)
-
-
-_preprocess = jax.jit(to_network_input)
-
-
-def load_inception(path: str, *, batch_size: int = 200) -> FeatureFunction:
-    """pool3 features of InceptionV3 with the weights in ``path`` (.npz, or .pth / .pt with torch).
-
-    Args:
-      path: a pytorch-fid state dict (``fc`` and ``num_batches_tracked`` entries are ignored).
-      batch_size: images per forward pass; the network compiles once per batch size.
-
-    Returns:
-      A ``FeatureFunction`` of images [N, H, W, 1 or 3] in [-1, 1] -> [N, 2048], named
-      ``inception_v3_pool3 sha256:<first 16 hex digits of the file's SHA-256>``.
-    """
-    params = _params_from_state_dict(_read_state_dict(path), path)
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return FeatureFunction(f"inception_v3_pool3 sha256:{digest[:16]}",
-                           lambda images: _pool3(params, _preprocess(images)), batch_size)
