@@ -25,11 +25,13 @@ class Checkpointer:
     ``close``) so that asynchronous saves finish.
     """
 
-    def __init__(self, directory: str, *, max_to_keep: int | None = None):
+    def __init__(self, directory: str, *, max_to_keep: int | None = None,
+                 async_save: bool = True):
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=async_save))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -38,10 +40,16 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, *, wait: bool = False) -> None:
-        """Starts saving ``state`` as ``step`` (asynchronously unless ``wait``)."""
+        """Saves ``state`` as ``step``. With ``async_save``, returns once the values are copied
+        off the devices (so ``state`` may then be donated) and writes them in the background,
+        unless ``wait``; a previous save still in progress is finished first."""
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
         if wait:
-            self._manager.wait_until_finished()
+            self.wait_until_finished()
+
+    def wait_until_finished(self) -> None:
+        """Returns once every save started so far is complete on disk."""
+        self._manager.wait_until_finished()
 
     def restore(self, template: Any, step: int | None = None) -> Any:
         """Restores ``step`` (default: the latest) into the structure and shardings of ``template``.
@@ -58,7 +66,7 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait_until_finished()
         self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
