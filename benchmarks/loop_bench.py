@@ -39,7 +39,8 @@ def make_config(model: str, batch_size: int):
     return config
 
 
-def synthetic_source(image_shape: tuple[int, int, int], n: int = 4096) -> input_pipeline.ArraySource:
+def synthetic_source(image_shape: tuple[int, int, int],
+                     n: int = 4096) -> input_pipeline.ArraySource:
     images = np.random.default_rng(0).integers(0, 256, (n, *image_shape), dtype=np.uint8)
     return input_pipeline.ArraySource(images)
 
@@ -67,8 +68,10 @@ def loop_steps_per_s(config, workdir: str) -> float:
     """Median steps/s of train_and_evaluate's logged intervals after the first."""
     train_lib.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rates = [json.loads(line)["steps_per_sec"] for line in f][1:]
-    return statistics.median(rates)
+        lines = [json.loads(line) for line in f]
+    if len(lines) < 2:
+        raise RuntimeError(f"expected >= 2 logged intervals, got {lines}")
+    return statistics.median(line["steps_per_sec"] for line in lines[1:])
 
 
 def measure(*, mode: str, config: str, batch_size: int, steps_per_call: list[int] = (),

@@ -18,7 +18,8 @@ _ENABLED = flags.DEFINE_bool(
     "(--nocompilation_cache: compile everything afresh).")
 _DIR = flags.DEFINE_string(
     "compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-    f"Directory of the compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else {DEFAULT_DIR}).")
+    "Directory of the compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+    f"{DEFAULT_DIR}).")
 
 
 def enable_from_flags() -> str | None:
