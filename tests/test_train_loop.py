@@ -16,19 +16,11 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from configs import test as test_config
 from ddpm_jax import data as input_pipeline, generate, train_lib, train_loop
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT, run_cli
-
-
-def make_config(fashion_dir, **training):
-    config = test_config.get_config()
-    config.data.data_dir = str(fashion_dir)
-    config.training.sample_every = 0
-    config.training.update(training)
-    return config
+from test_train import _trees_equal as trees_equal, make_config
 
 
 def state_template(config):
@@ -36,10 +28,6 @@ def state_template(config):
     optimizer = train_lib.make_optimizer(config)
     return jax.eval_shape(lambda: train_lib.create_train_state(
         model, optimizer, jax.random.key(0), (28, 28, 1)))
-
-
-def trees_equal(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_steps_per_call_does_not_change_the_result(fashion_dir):
@@ -164,8 +152,7 @@ def test_signal_on_a_preview_step_saves_and_skips_the_preview(fashion_dir, tmp_p
 KILLED_DURING_SAVE = textwrap.dedent("""
     import asyncio, os, sys
     import orbax.checkpoint as ocp
-    from configs import test as test_config
-    from ddpm_jax import train_lib
+        from ddpm_jax import train_lib
 
     marker, workdir, data_dir, async_save = sys.argv[1:]
     commit = ocp.path.atomicity.AtomicRenameTemporaryPath.finalize
@@ -268,13 +255,14 @@ def fixed_batch_losses(config, batch, num_steps):
     for _ in range(num_steps):
         state, metrics = step(state.replace(step=jnp.zeros((), jnp.int32)), batch,
                               jax.random.key(1))
-        losses.append(float(metrics["loss"]))
+        losses.append(metrics["loss"])
+    assert all(loss.dtype == jnp.float32 for loss in losses)
     return np.array(losses)
 
 
 def test_bfloat16_end_to_end(fashion_dir, tmp_path):
-    """bfloat16 compute learns like float32 on a fixed batch; a bfloat16 run of the loop keeps
-    float32 parameters and EMA, and its checkpoint round-trips exactly."""
+    """bfloat16 compute learns like float32 on a fixed batch (with a float32 loss); a bfloat16
+    run of the loop keeps float32 parameters and EMA, and its checkpoint round-trips exactly."""
     source = input_pipeline.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
     batch = input_pipeline.train_batch(source, seed=0, step=0, batch_size=8)
     config = make_config(fashion_dir, num_steps=4, checkpoint_every=4, log_every=4)
