@@ -30,7 +30,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    data as input_pipeline, distributed, evaluation, generate, pretrained)
+    compilation_cache, data as input_pipeline, distributed, evaluation, generate, pretrained)
 from ddpm_jax.evaluation import inception  # noqa: E402
 
 METRICS = ("bpd", "fid", "is", "floor")
@@ -214,6 +214,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()
+    compilation_cache.enable_from_flags()
     try:
         if FLAGS.train_classifier:
             results = _timed(train_classifier)

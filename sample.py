@@ -15,7 +15,8 @@ xla_setup.configure()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import checkpointing, data, distributed, generate, pretrained, sampling  # noqa: E402
+from ddpm_jax import (  # noqa: E402
+    checkpointing, compilation_cache, data, distributed, generate, pretrained, sampling)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
@@ -51,6 +52,7 @@ def main(argv):
     distributed.initialize_from_flags()
     if FLAGS.pretrained and not FLAGS.out:
         sys.exit("sample.py: error: --pretrained needs --out")
+    compilation_cache.enable_from_flags()
     out = FLAGS.out or os.fspath(checkpointing.as_path(FLAGS.workdir) / "samples")
     try:
         source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir

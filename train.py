@@ -14,7 +14,7 @@ xla_setup.configure()
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ddpm_jax import distributed, train_lib  # noqa: E402
+from ddpm_jax import compilation_cache, distributed, train_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -30,6 +30,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     distributed.initialize_from_flags()
+    compilation_cache.enable_from_flags()
     try:
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                      allow_config_changes=FLAGS.allow_config_changes)

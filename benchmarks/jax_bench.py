@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+import numpy as np
+from jax.sharding import Mesh
+
 from common import (EMA_DECAY, GRAD_CLIP, LEARNING_RATE, NUM_TIMESTEPS, job_main,
                     median_seconds, timed, unet_fields)
-from ddpm_jax import losses, sampling
+from ddpm_jax import losses, sampling, train_loop
 from ddpm_jax.models import UNet
 from ddpm_jax.schedules import Schedule, make_schedule
 
@@ -113,6 +117,35 @@ def compile_train_step(s: Setup) -> tuple[Callable[[], None], float, float]:
     return run, seconds, flop
 
 
+def loop_step_seconds(s: Setup, steps_per_call: int, *, intervals: int) -> float:
+    """Seconds per step of train.py's loop pieces (``ddpm_jax.train_loop``) around ``s``'s step:
+    host batches stacked K at a time and put on the device two calls ahead, K steps per jitted
+    call, the loss left on the device and fetched every 8 steps (or every call when K > 8).
+    Median over ``intervals`` fetch-to-fetch intervals, after one that compiles."""
+    step = make_train_step(s.model, s.schedule, s.optimizer)
+
+    def train_step(state, batch, key):
+        state, loss = step(state, batch["image"], key)
+        return state, {"loss": loss}
+
+    multi = jax.jit(train_loop.make_multi_step(train_step), donate_argnums=0)
+    host = np.asarray(s.x0)
+    batches = train_loop.device_prefetch(
+        iter(lambda: {"image": host}, None),
+        train_loop.stacked_sharding(Mesh(np.asarray(jax.devices()[:1]), ("data",))),
+        steps_per_call=steps_per_call)
+    every = max(8 // steps_per_call, 1)  # calls per fetch
+    state, pending, times = s.train_state(), train_loop.PendingMetrics(), []
+    for call in range((intervals + 1) * every + 1):
+        if call % every == 0:
+            pending.fetch()
+            pending.clear()
+            times.append(time.perf_counter())
+        state, metrics = multi(state, next(batches), s.key)
+        pending.append(call * steps_per_call, metrics)
+    return float(statistics.median(np.diff(times)[1:])) / (every * steps_per_call)
+
+
 def compile_forward(s: Setup) -> tuple[Callable[[], None], float, float]:
     """(one forward pass of ``s``'s batch, run to completion; compile seconds; XLA's flops)."""
     forward, seconds, flop = compile_timed(lambda p, x, t: s.model.apply({"params": p}, x, t),
@@ -122,7 +155,7 @@ def compile_forward(s: Setup) -> tuple[Callable[[], None], float, float]:
 
 def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: int,
             sample_steps: int, sample_repeats: int, compile_timesteps: list[int],
-            peak_size: int) -> dict[str, Any]:
+            peak_size: int, steps_per_call: list[int] = ()) -> dict[str, Any]:
     """Every JAX measurement of one configuration; times in seconds."""
     jax.config.update("jax_enable_compilation_cache", False)  # compile times must be real
     s = setup(config, batch_size, dtype)
@@ -135,6 +168,10 @@ def measure(*, config: str, batch_size: int, dtype: str, repeats: int, warmup: i
     train, r["train_compile_s"], flop = compile_train_step(s)
     r["train_step_s"] = median_seconds(train, warmup=warmup, repeats=repeats)
     r["train_gflops"] = flop / r["train_step_s"] / 1e9
+    r["loop_efficiency"] = {}
+    for k in steps_per_call:
+        loop_s = loop_step_seconds(s, k, intervals=max(repeats // 2, 2))
+        r["loop_efficiency"][str(k)] = median_seconds(train, warmup=1, repeats=repeats) / loop_s
     forward, r["forward_compile_s"], flop = compile_forward(s)
     r["forward_s"] = median_seconds(forward, warmup=warmup, repeats=repeats)
     r["forward_gflops"] = flop / r["forward_s"] / 1e9

@@ -3,6 +3,7 @@
     python benchmarks/run.py                                  # CPU suite: small and cifar10
     python benchmarks/run.py --configs small --repeats 3 --compare diffusers
     python benchmarks/run.py --suite gpu --json bench_gpu.json  # Ho's CIFAR-10 model, batch 128
+    python benchmarks/run.py --suite loop --json bench_loop.json  # train.py's loop vs its step
 
 Each configuration (model x compute dtype x XLA_FLAGS variant) runs in its own process
 (``jax_bench.py``), so flags and compile caches cannot leak between them; times are medians of
@@ -19,6 +20,12 @@ parameter count, PyTorch on every core), timed in one process that alternates th
 (``compare_bench.py``): ``x diffusers`` is the median over repeats of the per-pair ratio of their
 time to ours, with its range. Where the step's time goes: ``profile_step.py``. Checks of this
 code: ``python -m pytest benchmarks``.
+
+``--suite loop`` (``loop_bench.py``): ``loop efficiency`` is ``train.py``'s steps/s (its loop on
+synthetic images, from ``metrics.jsonl``) over the bare jitted step's, measured in the same
+process, for each ``--steps_per_call`` K; ``first step s`` is the time from a fresh process to
+its first completed step with the compilation cache off, cold (empty) and warm. The GPU suite's
+``loop eff.`` times the same loop pieces (``ddpm_jax.train_loop``) around Ho's model.
 """
 
 from __future__ import annotations
@@ -50,9 +57,14 @@ SUITES: dict[str, dict[str, Any]] = {
                 compile_timesteps=[10, 1000], peak_size=2048, timeout=None),
     "gpu": dict(configs=["cifar10"], batch_size=128, dtypes=["float32", "bfloat16"],
                 xla_flags=[""], repeats=10, warmup=3, sample_steps=10, sample_repeats=5,
-                compile_timesteps=[10, 1000], peak_size=8192, timeout=200),
+                compile_timesteps=[10, 1000], peak_size=8192, timeout=200, steps_per_call=[1, 4]),
+    # Short on purpose (a few minutes on 2 cores): ratios measured within one process.
+    "loop": dict(configs=["tiny", "small"], batch_size={"tiny": 8, "small": 16, "cifar10": 16},
+                 steps_per_call=[1, 4, 16], log_every={"tiny": 8, "small": 2, "cifar10": 1},
+                 repeats=10,
+                 timeout=None),
 }
-PER_CONFIG = ("batch_size", "sample_steps")  # an int flag applies to every config
+PER_CONFIG = ("batch_size", "sample_steps", "log_every")  # an int flag applies to every config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak_size", type=int, help="side of the matmul giving the peak GFLOP/s")
     p.add_argument("--timeout", type=float, help="seconds allowed per job")
     p.add_argument("--compare", choices=["diffusers"], help="also time diffusers' UNet2DModel")
+    p.add_argument("--steps_per_call", type=lambda s: [int(x) for x in csv(s)],
+                   help="K values of the loop's efficiency (suites loop and gpu)")
+    p.add_argument("--log_every", type=int, help="loop suite: calls per logged interval")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     for name, default in SUITES[args.suite].items():
@@ -125,8 +140,8 @@ def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
         print("torch or diffusers is not installed (pip install -e '.[bench]'): "
               "skipping the diffusers comparison")
         compare = None
-    jobs = []
-    for config in args.configs:
+    jobs = [] if args.suite != "loop" else loop_jobs(args)
+    for config in args.configs if args.suite != "loop" else ():
         batch = args.batch_size[config]
         for dtype in args.dtypes:
             for flags in args.xla_flags:
@@ -134,7 +149,8 @@ def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
                     config=config, batch_size=batch, dtype=dtype, repeats=args.repeats,
                     warmup=args.warmup, sample_steps=args.sample_steps[config],
                     sample_repeats=args.sample_repeats,
-                    compile_timesteps=args.compile_timesteps, peak_size=args.peak_size)))
+                    compile_timesteps=args.compile_timesteps, peak_size=args.peak_size,
+                    steps_per_call=args.steps_per_call or [])))
         if compare:  # under the flags train.py sets, float32 (diffusers' dtype)
             jobs.append(("compare", YNN_OFF, dict(config=config, batch_size=batch,
                                                   repeats=args.repeats, warmup=args.warmup)))
@@ -148,6 +164,22 @@ def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1)
+
+
+def loop_jobs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """The loop suite: efficiency per config, then start-up of the last config without, with a
+    cold and with a warm compilation cache (under train.py's XLA flags)."""
+    jobs = [("loop", YNN_OFF, dict(mode="efficiency", config=c, batch_size=args.batch_size[c],
+                                   steps_per_call=args.steps_per_call,
+                                   log_every=args.log_every[c], repeats=args.repeats))
+            for c in args.configs]
+    config = args.configs[-1]
+    cache_dir = tempfile.mkdtemp(prefix="ddpm_jax_bench_cache_")
+    for cache in (None, "cold", "warm"):
+        jobs.append(("loop", YNN_OFF, dict(mode="startup", config=config, cache=cache,
+                                           batch_size=args.batch_size[config],
+                                           cache_dir=cache and cache_dir)))
+    return jobs
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -167,15 +199,17 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
                      f"{r['train_gflops']:.0f} ({100 * r['train_gflops'] / r['peak_gflops']:.0f}%)",
                      fmt(b / r["forward_s"], 1), f"{r['sampler_s']:.1f} ({r['sample_steps']})",
                      fmt(r["sampler_overhead"], 3), fmt(r["peak_host_gb"]),
-                     fmt(r.get("peak_device_gb"))])
+                     fmt(r.get("peak_device_gb")),
+                     " ".join(f"K={k}: {e:.3f}" for k, e in r.get("loop_efficiency", {}).items())
+                     or "-"])
         sampler = [r["sampler_compile_s"][str(T)] for T in r["compile_timesteps"]]
         compile_rows.append([r["config"], r["dtype"], rows[-1][3], fmt(r["train_compile_s"], 1),
                              fmt(r["forward_compile_s"], 1), *(fmt(s, 1) for s in sampler),
                              fmt(sampler[-1] / sampler[0])])
     header = ["config", "batch", "dtype", "XLA_FLAGS", "train steps/s", "train img/s",
               "train GFLOP/s (% peak)", "forward img/s", "sampler s (steps)", "sampler overhead",
-              "peak host GB", "peak device GB"]
-    out = [markdown(header, rows)]
+              "peak host GB", "peak device GB", "loop eff."]
+    out = [markdown(header, rows)] if rows else []
     if compile_rows:
         timesteps = next(r for r in ok if r["kind"] == "jax")["compile_timesteps"]
         out.append(markdown(["config", "dtype", "XLA_FLAGS", "compile s: train", "forward",
@@ -200,6 +234,19 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
                              "train steps/s: ddpm_jax", "diffusers", "train x diffusers (range)",
                              "forward img/s: ddpm_jax", "diffusers",
                              "forward x diffusers (range)"], compare_rows))
+    loop_rows = [[r["config"], r["batch_size"], run["steps_per_call"],
+                  fmt(run["bare_steps_per_s"]), fmt(run["loop_steps_per_s"]),
+                  f"**{run['efficiency']:.3f}**"]
+                 for r in ok if r["kind"] == "loop" and r["mode"] == "efficiency"
+                 for run in r["runs"]]
+    if loop_rows:
+        out.append(markdown(["config", "batch", "steps_per_call", "bare step steps/s",
+                             "train.py loop steps/s", "loop efficiency"], loop_rows))
+    startup = [[r["config"], r["cache"] or "off", fmt(r["first_step_s"], 1)]
+               for r in ok if r["kind"] == "loop" and r["mode"] == "startup"]
+    if startup:
+        out.append(markdown(["config", "compilation cache", "first step s (from process start)"],
+                            startup))
     pipeline = [[r["config"], r["batch_size"], fmt(r["batch_size"] / r["batch_s"], 0)]
                 for r in ok if r["kind"] == "pipeline"]
     if pipeline:

@@ -44,9 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.training = ml_collections.ConfigDict()
     config.training.batch_size = 128  # global, over all devices and processes
     config.training.num_steps = 800_000
-    config.training.log_every = 100
+    config.training.steps_per_call = 1  # K updates per jitted call; the *_every are multiples
+    config.training.log_every = 100  # metrics are averaged over these steps
     config.training.checkpoint_every = 10_000
     config.training.max_to_keep = 3
+    config.training.async_checkpoints = True  # write while training continues; the last waits
     config.training.sample_every = 50_000
     config.training.num_preview_samples = 64
     config.training.ema_decay = 0.9999

@@ -64,13 +64,15 @@ class Checkpointer:
     ``CheckpointError`` naming the step and the path.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int | None = None):
+    def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int | None = None,
+                 async_save: bool = True):
         check_max_to_keep(max_to_keep)
         self.directory = as_path(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 cleanup_tmp_directories=True))
+                                                 cleanup_tmp_directories=True,
+                                                 enable_async_checkpointing=async_save))
         self._pending_step = None
 
     def latest_step(self) -> int | None:
@@ -85,22 +87,32 @@ class Checkpointer:
             f"the last complete checkpoint, step {self.latest_step()}, is intact")
 
     def save(self, step: int, state: Any, *, wait: bool = False) -> None:
-        """Starts saving ``state`` as ``step`` (asynchronously unless ``wait``).
+        """Saves ``state`` as ``step``. With ``async_save``, returns once the values are copied
+        off the devices (so ``state`` may then be donated) and writes them in the background,
+        unless ``wait``; a previous save still in progress is finished first.
 
         Raises:
           CheckpointError: this save, or the previous asynchronous one, failed.
         """
-        try:
-            self._manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001 -- orbax re-raises the writer's error as is
-            raise self._save_failed(self._pending_step, e) from e
+        self.wait_until_finished()
         self._pending_step = step
         try:
             self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-            if wait:
-                self._manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 -- orbax re-raises the writer's error as is
             raise self._save_failed(step, e) from e
+        if wait:
+            self.wait_until_finished()
+
+    def wait_until_finished(self) -> None:
+        """Returns once every save started so far is complete on disk.
+
+        Raises:
+          CheckpointError: the pending asynchronous save failed.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_failed(self._pending_step, e) from e
 
     def restore(self, template: Any, step: int | None = None) -> Any:
         """Restores ``step`` (default: the latest) into the structure and shardings of ``template``.
@@ -133,9 +145,7 @@ class Checkpointer:
           CheckpointError: the pending asynchronous save failed.
         """
         try:
-            self._manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
-            raise self._save_failed(self._pending_step, e) from e
+            self.wait_until_finished()
         finally:
             self._manager.close()
 

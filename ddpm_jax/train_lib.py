@@ -26,7 +26,8 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import checkpointing, data as input_pipeline, losses, sampling, visualize
+from ddpm_jax import (checkpointing, data as input_pipeline, losses, sampling, train_loop,
+                      visualize)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
@@ -54,7 +55,8 @@ MEANING_KEYS = ("model.", "diffusion.", "data.image_size", "image_shape")
 # ordinary restart). Any other change needs ``allow_config_changes``.
 BOOKKEEPING_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every",
                     "training.sample_every", "training.num_preview_samples",
-                    "training.max_to_keep", "sampling.", "data.data_dir", "data.cache_dir")
+                    "training.max_to_keep", "training.steps_per_call",
+                    "training.async_checkpoints", "sampling.", "data.data_dir", "data.cache_dir")
 
 
 def read_image_shape(workdir: str | os.PathLike[str]) -> tuple[int, int, int]:
@@ -219,16 +221,21 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """Raises a one-line error for settings that cannot run on ``mesh``."""
-    batch, devices = config.training.batch_size, mesh.size
+    tr = config.training
+    batch, devices = tr.batch_size, mesh.size
     if batch < 1 or batch % devices:
         raise ValueError(f"training.batch_size={batch} must be a positive multiple of the "
                          f"device count {devices}")
-    for name in ("num_steps", "log_every", "checkpoint_every"):
-        if config.training[name] < 1:
-            raise ValueError(f"training.{name} must be >= 1, got {config.training[name]}")
-    if config.training.sample_every < 0:
-        raise ValueError(f"training.sample_every must be >= 0, got {config.training.sample_every}")
-    checkpointing.check_max_to_keep(config.training.max_to_keep)
+    for name in ("num_steps", "log_every", "checkpoint_every", "steps_per_call"):
+        if tr[name] < 1:
+            raise ValueError(f"training.{name} must be >= 1, got {tr[name]}")
+    if tr.sample_every < 0:
+        raise ValueError(f"training.sample_every must be >= 0, got {tr.sample_every}")
+    for name in ("num_steps", "log_every", "checkpoint_every", "sample_every"):
+        if tr[name] % tr.steps_per_call:
+            raise ValueError(f"training.{name}={tr[name]} must be a multiple of "
+                             f"training.steps_per_call={tr.steps_per_call}")
+    checkpointing.check_max_to_keep(tr.max_to_keep)
 
 
 class _StopRequested:
@@ -320,7 +327,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     schedule = make_schedule_from_config(config)
     optimizer = make_optimizer(config)
     replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
     key = jax.random.key(config.seed)
     init_key, train_key, preview_key = jax.random.split(key, 3)
 
@@ -328,20 +334,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # host-local array enters a program that spans several processes.
     state = jax.jit(lambda: create_train_state(model, optimizer, init_key, image_shape),
                     out_shardings=replicated)()
-    step_fn = make_train_step(model, schedule, optimizer, config)
-    train_step = jax.jit(lambda state, batch: step_fn(state, batch, train_key),
-                         in_shardings=(replicated, batch_sharding),
-                         out_shardings=(replicated, replicated), donate_argnums=0)
+    train_call = make_train_call(make_train_step(model, schedule, optimizer, config), train_key,
+                                 mesh)
     draw = sample_fn(model, schedule, config)
     preview_shape = (tr.num_preview_samples, *image_shape)
     preview = jax.jit(lambda params, step: draw(params, jax.random.fold_in(preview_key, step),
                                                 preview_shape), out_shardings=replicated)
     is_chief = jax.process_index() == 0
 
-    with Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep) as ckpt, \
+    def write_preview(step: int, params: Any) -> None:
+        images = preview(params, step)  # every process samples; process 0 writes
+        if is_chief:
+            save_preview(workdir, step, images)
+
+    with Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep,
+                      async_save=tr.async_checkpoints) as ckpt, \
             _StopRequested().installed() as stop:
         state = _restore_or_start(ckpt, state, workdir, config, image_shape, source.class_names)
         start = int(state.step)
+        if start % tr.steps_per_call:
+            raise ValueError(f"the checkpoint's step {start} is not a multiple of "
+                             f"training.steps_per_call={tr.steps_per_call}; resume with a "
+                             "steps_per_call that divides it")
         writer = MetricWriter(workdir)
         batches = input_pipeline.train_iterator(
             source, seed=config.seed, start_step=start, batch_size=tr.batch_size,
@@ -349,36 +363,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             random_flip=config.data.random_flip)
         bar = tqdm(total=tr.num_steps, initial=start, disable=not is_chief, desc="train",
                    dynamic_ncols=True)
-        last_time, last_step = time.perf_counter(), start
         try:
-            for step in range(start + 1, tr.num_steps + 1):
-                local = next(batches)
-                batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-                         for k, v in local.items()}
-                state, metrics = train_step(state, batch)
-                metrics = jax.device_get(metrics)
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(
-                        f"non-finite loss {metrics['loss']} at step {step}; stopping. The last good "
-                        f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact")
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if step % tr.log_every == 0:
-                    now = time.perf_counter()
-                    metrics["steps_per_sec"] = (step - last_step) / (now - last_time)
-                    last_time, last_step = now, step
-                    writer.write(step, metrics)
-                if tr.sample_every and step % tr.sample_every == 0:
-                    images = preview(state.ema_params, step)
-                    if is_chief:
-                        save_preview(workdir, step, images)
-                if step % tr.checkpoint_every == 0 or step == tr.num_steps or stop.signal:
-                    ckpt.save(step, state)
-                if stop.signal:
-                    bar.write(f"{stop.signal}: saved step {step} to {ckpt.directory}; exiting")
-                    break
+            state = _run_loop(state, train_call, batches, start=start, config=config, mesh=mesh,
+                              ckpt=ckpt, stop=stop, writer=writer, bar=bar,
+                              write_preview=write_preview)
         finally:
             bar.close()
             writer.close()
             batches.close()
     return state
+
+
+def make_train_call(train_step: Callable, key: jax.Array, mesh: Mesh) -> Callable:
+    """The loop's one jitted program: ``call(state, batches, votes) -> (state, metrics, stop)``.
+
+    K = ``batches``' leading axis updates of ``train_step`` with base ``key`` (closed over: every
+    process holds the same constant, so no host-local array enters a program that spans several
+    processes); ``metrics`` are [K] per name; ``stop`` is whether any process voted to stop
+    (``train_loop.stop_votes``). The state is donated.
+    """
+    replicated = NamedSharding(mesh, P())
+    multi_step = train_loop.make_multi_step(train_step)
+
+    def call(state, batches, votes):
+        state, metrics = multi_step(state, batches, key)
+        return state, metrics, jnp.any(votes)
+
+    return jax.jit(call, in_shardings=(replicated, train_loop.stacked_sharding(mesh),
+                                       NamedSharding(mesh, P("data"))),
+                   out_shardings=replicated, donate_argnums=0)
+
+
+def _run_loop(state: TrainState, train_call: Callable, batches, *, start: int,
+              config: ml_collections.ConfigDict, mesh: Mesh, ckpt: Checkpointer,
+              stop: "_StopRequested", writer: MetricWriter, bar: tqdm,
+              write_preview: Callable) -> TrainState:
+    """Steps ``start + 1 .. num_steps`` in calls of K, logging, saving and previewing at the
+    call boundaries that are multiples of their intervals; returns the last state.
+
+    The host never waits for the devices between calls, except for the stop vote of the call
+    before the one just dispatched (so one call is always queued), the metrics every
+    ``log_every`` steps, and the finiteness check before each save.
+    """
+    tr = config.training
+    k = tr.steps_per_call
+    calls = train_loop.device_prefetch(batches, train_loop.stacked_sharding(mesh),
+                                       steps_per_call=k)
+    all_finite = jax.jit(train_loop.tree_all_finite)
+    pending = train_loop.PendingMetrics()
+    clock = (time.perf_counter(), start)
+    previous_vote = None
+    for step in range(start + k, tr.num_steps + 1, k):
+        state, metrics, vote = train_call(state, next(calls),
+                                          train_loop.stop_votes(mesh, stop.signal is not None))
+        pending.append(step - k + 1, metrics)
+        bar.update(k)
+        # Every process reads the same agreed vote, one call late, and stops after this call.
+        stopping = previous_vote is not None and bool(previous_vote)
+        previous_vote = vote
+        if step % tr.log_every == 0:
+            clock = _log(pending, writer, bar, ckpt, step, clock)
+        if step % tr.checkpoint_every == 0 or step == tr.num_steps or stopping:
+            _raise_if_non_finite(pending, ckpt)
+            if not all_finite(state):
+                raise FloatingPointError(f"non-finite values in the train state at step {step}; "
+                                         f"stopping. {_last_good(ckpt)}")
+            ckpt.save(step, state, wait=step == tr.num_steps or stopping)
+        if stopping:  # saved first: no preview can outlast a preemption's grace period
+            bar.write(f"{stop.signal or 'a stop request on another process'}: saved step "
+                      f"{step} to {ckpt.directory}; exiting")
+            break
+        if tr.sample_every and step % tr.sample_every == 0:
+            write_preview(step, state.ema_params)
+    return state
+
+
+def _last_good(ckpt: Checkpointer) -> str:
+    ckpt.wait_until_finished()
+    return f"The last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact"
+
+
+def _raise_if_non_finite(pending: train_loop.PendingMetrics, ckpt: Checkpointer) -> None:
+    """Raises naming the first pending step whose loss was not finite."""
+    steps, metrics = pending.fetch()
+    bad = np.flatnonzero(~np.isfinite(metrics.get("loss", np.zeros(0))))
+    if bad.size:
+        raise FloatingPointError(f"non-finite loss {metrics['loss'][bad[0]]} at step "
+                                 f"{steps[bad[0]]}; stopping. {_last_good(ckpt)}")
+
+
+def _log(pending: train_loop.PendingMetrics, writer: MetricWriter, bar: tqdm,
+         ckpt: Checkpointer, step: int, clock: tuple[float, int]) -> tuple[float, int]:
+    """Writes the pending steps' mean metrics and the step rate since ``clock`` (time, step);
+    returns the new clock."""
+    _raise_if_non_finite(pending, ckpt)
+    _, metrics = pending.fetch()
+    pending.clear()
+    now = time.perf_counter()
+    means = {name: float(np.mean(values)) for name, values in metrics.items()}
+    writer.write(step, {**means, "steps_per_sec": (step - clock[1]) / (now - clock[0])})
+    bar.set_postfix(loss=f"{means['loss']:.4f}")
+    return now, step
+

@@ -205,20 +205,3 @@ def test_sigterm_saves_and_exits_cleanly(fashion_dir, tmp_path):
     steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
     assert len(steps) == 1 and steps[0] >= 3
     assert f"SIGTERM: saved step {steps[0]}" in out
-
-
-def test_bfloat16_compute_trains(fashion_dir, setup):
-    """Mixed precision: bfloat16 compute, float32 parameters, loss and optimizer state."""
-    _, _, batch, _ = setup
-    config = make_config(fashion_dir)
-    config.model.dtype = "bfloat16"
-    model = train_lib.make_model(config, (28, 28, 1))
-    optimizer = train_lib.make_optimizer(config)
-    state = jax.jit(lambda k: train_lib.create_train_state(model, optimizer, k, (28, 28, 1)))(
-        jax.random.key(0))
-    step = jax.jit(train_lib.make_train_step(model, train_lib.make_schedule_from_config(config),
-                                             optimizer, config))
-    for _ in range(3):
-        state, metrics = step(state, batch, jax.random.key(1))
-    assert np.isfinite(metrics["loss"]) and metrics["loss"].dtype == np.float32
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))

@@ -1,0 +1,36 @@
+"""JAX's persistent compilation cache for the command-line programs: a restart of ``train.py`` or a
+second ``sample.py`` / ``evaluate.py`` run loads its compiled programs instead of compiling them.
+
+``--compilation_cache_dir`` (default: $JAX_COMPILATION_CACHE_DIR, else
+``~/.cache/ddpm_jax/jax_compilation_cache``) and ``--nocompilation_cache`` to turn it off.
+Library imports never change the cache: only the CLIs call ``enable_from_flags``.
+"""
+
+import os
+
+import jax
+from absl import flags
+
+DEFAULT_DIR = os.path.join("~", ".cache", "ddpm_jax", "jax_compilation_cache")
+
+_ENABLED = flags.DEFINE_bool(
+    "compilation_cache", True, "Keep compiled programs on disk across runs "
+    "(--nocompilation_cache: compile everything afresh).")
+_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+    "Directory of the compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+    f"{DEFAULT_DIR}).")
+
+
+def enable_from_flags() -> str | None:
+    """Points JAX's persistent compilation cache at the flags' directory; returns it (None: off).
+
+    Call before the first compilation.
+    """
+    if not _ENABLED.value:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    directory = os.path.expanduser(_DIR.value or DEFAULT_DIR)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory

@@ -1,0 +1,102 @@
+"""What keeps an accelerator busy in a training loop: several steps per call, batches on the
+devices ahead of time, metrics left on the devices, and a stop request all processes agree on.
+
+Needs only jax and numpy, so the GPU benchmark times the same pieces ``train_lib`` runs.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_multi_step(train_step: Callable) -> Callable:
+    """``multi_step(state, batches, key) -> (state, metrics)``: ``train_step`` over K batches.
+
+    ``batches`` holds ``train_step``'s batch with a leading axis of K (e.g. ``image`` [K, B, H,
+    W, C]); ``metrics`` gets the same leading axis. A ``lax.scan``, so one jitted call makes K
+    updates; each inner step folds ``state.step`` into ``key`` as a single call would, so the
+    result equals K single calls. Unjitted.
+    """
+    def multi_step(state, batches: dict[str, jax.Array], key: jax.Array):
+        return jax.lax.scan(lambda s, batch: train_step(s, batch, key), state, batches)
+
+    return multi_step
+
+
+def stacked_sharding(mesh: Mesh) -> NamedSharding:
+    """K stacked global batches [K, B, ...]: the batch axis over the mesh's ``data`` axis."""
+    return NamedSharding(mesh, P(None, "data"))
+
+
+def device_prefetch(batches: Iterator[dict[str, np.ndarray]], sharding: NamedSharding, *,
+                    steps_per_call: int, depth: int = 2) -> Iterator[dict[str, jax.Array]]:
+    """Stacks ``steps_per_call`` consecutive process-local batches and puts them on the devices,
+    ``depth`` calls ahead: the transfer of the next call's batches overlaps the current call.
+
+    Args:
+      batches: this process's rows of each global batch, ``{name: [B / P, ...]}``, in step order.
+      sharding: of the stacked global arrays [K, B, ...] (``stacked_sharding``).
+      steps_per_call: K.
+      depth: calls whose batches are on the devices before they are needed, >= 1.
+
+    Returns:
+      An endless iterator of ``{name: [K, B, ...]}`` global arrays.
+    """
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+
+    def put() -> dict[str, jax.Array]:
+        local = [next(batches) for _ in range(steps_per_call)]
+        return {name: jax.make_array_from_process_local_data(
+                    sharding, np.stack([batch[name] for batch in local]))
+                for name in local[0]}
+
+    ready = collections.deque(put() for _ in range(depth))
+    while True:
+        yield ready.popleft()
+        ready.append(put())
+
+
+def stop_votes(mesh: Mesh, requested: bool) -> jax.Array:
+    """bool [mesh.size]: this process's stop request on each of its devices. ``jnp.any`` of it
+    inside a jitted call is the same value on every process, so all of them stop together."""
+    sharding = NamedSharding(mesh, P("data"))
+    local = np.full(len(sharding.addressable_devices), requested)
+    return jax.make_array_from_process_local_data(sharding, local)
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+    """A bool scalar: whether every floating-point value in ``tree`` is finite. Jit it."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class PendingMetrics:
+    """The metrics of the calls since the last log, left on the devices until fetched."""
+
+    def __init__(self):
+        self._calls: list[tuple[int, dict[str, jax.Array]]] = []
+
+    def append(self, first_step: int, metrics: dict[str, jax.Array]) -> None:
+        """Records one call's metrics ``{name: [K]}``, whose first step is ``first_step``."""
+        self._calls.append((first_step, metrics))
+
+    def fetch(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(steps [n], {name: [n]}) of every pending step, in order; waits for the devices."""
+        fetched = jax.device_get([metrics for _, metrics in self._calls])
+        steps = [np.arange(first, first + len(next(iter(m.values()))))
+                 for (first, _), m in zip(self._calls, fetched)]
+        names = fetched[0].keys() if fetched else ()
+        return (np.concatenate(steps) if steps else np.zeros(0, int),
+                {name: np.concatenate([m[name] for m in fetched]) for name in names})
+
+    def clear(self) -> None:
+        self._calls = []
