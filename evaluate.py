@@ -30,7 +30,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    compilation_cache, data as input_pipeline, distributed, evaluation, generate, pretrained)
+    compilation_cache, data, distributed, evaluation, generate, pretrained, sampling)
+from ddpm_jax.checkpointing import as_path  # noqa: E402
 from ddpm_jax.evaluation import inception  # noqa: E402
 
 METRICS = ("bpd", "fid", "is", "floor")
@@ -67,14 +68,16 @@ flags.DEFINE_integer("feature_batch_size", 200, "Images per feature-network call
 flags.DEFINE_integer("num_samples", 1000, "Generated (and, for floor, real) images.")
 flags.DEFINE_integer("sample_batch_size", 256, "Images per sampler call, a multiple of the "
                      "device count.")
-flags.DEFINE_string("sampler", None, "ddpm, ddim, dpmpp_2m or heun (default: the run's config).")
+flags.DEFINE_string("sampler", None, f"One of {list(sampling.SAMPLERS)} (default: the run's).")
 flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config).")
-flags.DEFINE_string("spacing", None, "time, logsnr or karras (default: the run's config).")
-flags.DEFINE_float("eta", None, "DDIM eta (default: the run's config).")
+flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the run's).")
+flags.DEFINE_float("eta", None, "DDIM eta in [0, 1] (default: the run's config).",
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_string("reference_split", "test", "Real images the samples are compared with.")
 flags.DEFINE_string("floor_split", "train", "Real images compared with the reference for floor.")
 flags.DEFINE_string("reference_cache", None,
-                    "Reference statistics .npz (default: beside the classifier, named after the "
+                    "Reference statistics .npz (default: beside the classifier or Inception "
+                    "weights file, named after the "
                     "dataset and split); recomputed when its provenance differs.")
 flags.DEFINE_string("reference_stats", None,
                     "Precomputed reference (mu, sigma) .npz in pytorch-fid / TTUR's format, used "
@@ -101,7 +104,7 @@ def train_classifier() -> dict:
     """Trains and saves the classifier; returns its info."""
     if not (FLAGS.dataset and FLAGS.classifier):
         raise ValueError("--train_classifier needs --dataset and --classifier (the output file)")
-    load = lambda split: input_pipeline.load_split(FLAGS.dataset, split, data_dir=FLAGS.data_dir)
+    load = lambda split: data.load_split(FLAGS.dataset, split, data_dir=FLAGS.data_dir)
     train, test = load(FLAGS.classifier_train_split), load(FLAGS.classifier_test_split)
     params, accuracy = evaluation.train_classifier(
         train, test, steps=FLAGS.classifier_steps, batch_size=FLAGS.classifier_batch_size,
@@ -157,6 +160,10 @@ def evaluate() -> dict:
     unknown = sorted(set(FLAGS.metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; expected any of {list(METRICS)}")
+    if FLAGS.save_reference_stats and (FLAGS.reference_stats
+                                       or not {"fid", "floor"} & set(FLAGS.metrics)):
+        raise ValueError("--save_reference_stats exports the statistics of --reference_split: "
+                         "it needs --metrics fid or floor, and no --reference_stats")
     needs_run = {"bpd", "fid", "is"} & set(FLAGS.metrics)
     if needs_run and not (FLAGS.workdir or FLAGS.pretrained):
         raise ValueError(f"metrics {sorted(needs_run)} need --workdir or --pretrained")
@@ -175,9 +182,9 @@ def evaluate() -> dict:
     if FLAGS.pretrained:
         results.update(pretrained=FLAGS.pretrained)
     elif trained:
-        results.update(workdir=os.path.abspath(FLAGS.workdir), step=trained.step)
+        results.update(workdir=os.fspath(as_path(FLAGS.workdir)), step=trained.step)
     if "bpd" in FLAGS.metrics:
-        source = input_pipeline.load_split(dataset, FLAGS.bpd_split, data_dir=data_dir,
+        source = data.load_split(dataset, FLAGS.bpd_split, data_dir=data_dir,
                                            keep_in_memory=False)
         results["bpd"] = {"split": FLAGS.bpd_split, **_timed(
             evaluation.bits_per_dim, trained, source, params=FLAGS.params,
@@ -200,7 +207,7 @@ def evaluate() -> dict:
             logits_weight=logits_weight, **(kid if fid else {}))
     if "floor" in FLAGS.metrics:
         def floor():
-            real = input_pipeline.load_split(dataset, FLAGS.floor_split, data_dir=data_dir,
+            real = data.load_split(dataset, FLAGS.floor_split, data_dir=data_dir,
                                              keep_in_memory=False)
             features = evaluation.split_features(extractor, real, num_examples=FLAGS.num_samples)
             return {"split": FLAGS.floor_split,
@@ -223,15 +230,15 @@ def main(argv):
             if not (FLAGS.out or FLAGS.workdir):
                 raise ValueError("--out is needed without --workdir")
             results = evaluate()
-            out = FLAGS.out or os.path.join(FLAGS.workdir, "metrics.json")
+            out = FLAGS.out or as_path(FLAGS.workdir) / "metrics.json"
     except (ValueError, OSError, ImportError) as e:  # OSError: files, ConnectionError
         sys.exit(f"evaluate.py: error: {e}")
     text = json.dumps(results, indent=2)
     if jax.process_index() == 0:
         if out:
-            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-            with open(out, "w") as f:
-                f.write(text + "\n")
+            out = as_path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
         print(text)
 
 

@@ -2,7 +2,8 @@
 
 Overrides: --config.training.num_steps=2000 and so on. Re-running the same command resumes from
 the latest checkpoint in the workdir; a changed model, diffusion or image shape is refused, other
-changes than run length and logging need --allow_config_changes. The workdir may be gs://...
+changes than run length, logging, checkpointing and sampling settings need
+--allow_config_changes (README, Resume). The workdir may be gs://...
 """
 
 import sys

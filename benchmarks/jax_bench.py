@@ -1,7 +1,7 @@
 """Job: one U-Net configuration in JAX: training step, forward pass and sampler.
 
 Run by ``run.py`` as ``python benchmarks/jax_bench.py PARAMS_JSON OUT_PATH`` under the XLA
-flags being compared. Imports neither ``train_lib`` nor ``input_pipeline`` (they need
+flags being compared. Imports neither ``train_lib`` nor ``ddpm_jax.data`` (they need
 tensorflow-datasets and ml_collections, which the GPU machine lacks), so the training step is
 assembled here from the same library pieces as ``train_lib.make_train_step``.
 """

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from common import job_main, median_seconds, unet_fields  # noqa: E402
 from configs import test as test_config  # noqa: E402
-from ddpm_jax import data as input_pipeline, train_lib  # noqa: E402
+from ddpm_jax import data, train_lib  # noqa: E402
 from ddpm_jax.metric_writer import MetricWriter  # noqa: E402
 
 
@@ -40,9 +40,9 @@ def make_config(model: str, batch_size: int):
 
 
 def synthetic_source(image_shape: tuple[int, int, int],
-                     n: int = 4096) -> input_pipeline.ArraySource:
+                     n: int = 4096) -> data.ArraySource:
     images = np.random.default_rng(0).integers(0, 256, (n, *image_shape), dtype=np.uint8)
-    return input_pipeline.ArraySource(images)
+    return data.ArraySource(images)
 
 
 def bare_step(config, image_shape):
@@ -53,7 +53,7 @@ def bare_step(config, image_shape):
         jax.random.key(0))
     step = jax.jit(train_lib.make_train_step(
         model, train_lib.make_schedule_from_config(config), optimizer, config), donate_argnums=0)
-    batch = jax.device_put(input_pipeline.to_model_range(
+    batch = jax.device_put(data.to_model_range(
         synthetic_source(image_shape).read(np.arange(config.training.batch_size))[0]))
     holder = [state]
 
@@ -81,7 +81,7 @@ def measure(*, mode: str, config: str, batch_size: int, steps_per_call: list[int
     image_shape = unet_fields(config)[0]
     source = synthetic_source(image_shape)
     # The loop reads synthetic images instead of a tfds split: same pipeline from there on.
-    input_pipeline.load_split = lambda *args, **kwargs: source
+    data.load_split = lambda *args, **kwargs: source
     cfg = make_config(config, batch_size)
     r: dict[str, Any] = dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind)
     if mode == "startup":

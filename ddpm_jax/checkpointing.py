@@ -59,20 +59,23 @@ class Checkpointer:
 
     Orbax writes each step to a temporary directory and renames it when complete, so a save
     killed half-way never shadows the last good step; such leftovers
-    (``<step>.orbax-checkpoint-tmp-*``) are deleted on opening, complete steps never. Use as a
-    context manager (or call ``close``) so that asynchronous saves finish. Failures raise
-    ``CheckpointError`` naming the step and the path.
+    (``<step>.orbax-checkpoint-tmp-*``) are deleted on opening for writing, complete steps never.
+    ``read_only=True`` (sampling, evaluation, export) creates, deletes and cleans up nothing, so
+    it is safe beside a ``train.py`` that is saving. Use as a context manager (or call ``close``)
+    so that asynchronous saves finish. Failures raise ``CheckpointError`` naming the step and
+    the path.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int | None = None,
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
         check_max_to_keep(max_to_keep)
         self.directory = as_path(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 cleanup_tmp_directories=True,
-                                                 enable_async_checkpointing=async_save))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else max_to_keep, create=not read_only,
+                cleanup_tmp_directories=not read_only, read_only=read_only,
+                enable_async_checkpointing=async_save))
         self._pending_step = None
 
     def latest_step(self) -> int | None:

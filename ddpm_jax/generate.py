@@ -57,7 +57,7 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
         raise FileNotFoundError(f"{os.fspath(workdir)!r} is not a training workdir: no "
                                 f"config.json (train there first with train.py --workdir)")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    with Checkpointer(workdir / "checkpoints") as ckpt:
+    with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
         image_shape = train_lib.read_image_shape(workdir)

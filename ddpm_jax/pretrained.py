@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
         save(args.out, trained.model, trained.chosen_params(args.params), trained.schedule,
              image_shape=trained.image_shape, variance=trained.config.diffusion.variance,
              target=trained.config.diffusion.target, clip_x0=trained.config.sampling.clip_x0)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: files, unreadable checkpoints
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     print(args.out)
 

@@ -26,7 +26,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import (checkpointing, data as input_pipeline, losses, sampling, train_loop,
+from ddpm_jax import (checkpointing, data, losses, sampling, train_loop,
                       visualize)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
@@ -99,9 +99,15 @@ def check_resume_config(workdir: epath.Path, config: ml_collections.ConfigDict,
     """Raises a one-line ValueError, before anything is written, when ``workdir`` holds
     checkpoints of a config that differs from ``config`` in a way that is not allowed:
     ``MEANING_KEYS`` always, any other key but ``BOOKKEEPING_KEYS`` unless
-    ``allow_config_changes``."""
-    if not checkpointing.saved_steps(workdir / "checkpoints"):
+    ``allow_config_changes``; or whose latest step is not a multiple of
+    ``training.steps_per_call``."""
+    steps = checkpointing.saved_steps(workdir / "checkpoints")
+    if not steps:
         return
+    if steps[-1] % config.training.steps_per_call:
+        raise ValueError(f"the checkpoint's step {steps[-1]} is not a multiple of "
+                         f"training.steps_per_call={config.training.steps_per_call}; resume with "
+                         "a steps_per_call that divides it")
     changes = config_changes(workdir, config, image_shape)
     describe = lambda keys: ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
     refused = [k for k in changes if k.startswith(MEANING_KEYS)]
@@ -114,7 +120,7 @@ def check_resume_config(workdir: epath.Path, config: ml_collections.ConfigDict,
                          f"Pass --allow_config_changes to resume with it")
 
 
-def check_labels(config: ml_collections.ConfigDict, source: input_pipeline.ImageSource) -> None:
+def check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -> None:
     """Raises a one-line error when ``config.model.num_classes`` is not the dataset's."""
     wanted = config.model.num_classes
     if wanted is not None and wanted != source.num_classes:
@@ -280,7 +286,7 @@ def _restore_or_start(ckpt: Checkpointer, state: TrainState, workdir: epath.Path
     if jax.process_index() == 0:
         write_run_files(workdir, config, image_shape)
         if class_names is not None:
-            input_pipeline.write_class_names(workdir, class_names)
+            data.write_class_names(workdir, class_names)
     return state
 
 
@@ -315,11 +321,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = checkpointing.as_path(workdir)
     tr = config.training
     d = config.data
-    source = input_pipeline.load_split(
+    source = data.load_split(
         d.name, d.train_split, data_dir=d.data_dir, image_size=d.image_size, path=d.path,
         channels=d.channels, labels_from_subdirs=d.labels_from_subdirs, cache_dir=d.cache_dir,
         skip_bad_images=d.skip_bad_images)
-    input_pipeline.check_holds_a_batch(source, batch_size=tr.batch_size)
+    data.check_holds_a_batch(source, batch_size=tr.batch_size)
     check_labels(config, source)
     image_shape = source.image_shape
     check_resume_config(workdir, config, image_shape, allow_config_changes=allow_config_changes)
@@ -352,12 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             _StopRequested().installed() as stop:
         state = _restore_or_start(ckpt, state, workdir, config, image_shape, source.class_names)
         start = int(state.step)
-        if start % tr.steps_per_call:
-            raise ValueError(f"the checkpoint's step {start} is not a multiple of "
-                             f"training.steps_per_call={tr.steps_per_call}; resume with a "
-                             "steps_per_call that divides it")
         writer = MetricWriter(workdir)
-        batches = input_pipeline.train_iterator(
+        batches = data.train_iterator(
             source, seed=config.seed, start_step=start, batch_size=tr.batch_size,
             process_index=jax.process_index(), process_count=jax.process_count(),
             random_flip=config.data.random_flip)
@@ -443,21 +445,23 @@ def _last_good(ckpt: Checkpointer) -> str:
     return f"The last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact"
 
 
-def _raise_if_non_finite(pending: train_loop.PendingMetrics, ckpt: Checkpointer) -> None:
-    """Raises naming the first pending step whose loss was not finite."""
+def _raise_if_non_finite(pending: train_loop.PendingMetrics,
+                         ckpt: Checkpointer) -> dict[str, np.ndarray]:
+    """Raises naming the first pending step whose loss was not finite; returns the pending
+    metrics, fetched."""
     steps, metrics = pending.fetch()
     bad = np.flatnonzero(~np.isfinite(metrics.get("loss", np.zeros(0))))
     if bad.size:
         raise FloatingPointError(f"non-finite loss {metrics['loss'][bad[0]]} at step "
                                  f"{steps[bad[0]]}; stopping. {_last_good(ckpt)}")
+    return metrics
 
 
 def _log(pending: train_loop.PendingMetrics, writer: MetricWriter, bar: tqdm,
          ckpt: Checkpointer, step: int, clock: tuple[float, int]) -> tuple[float, int]:
     """Writes the pending steps' mean metrics and the step rate since ``clock`` (time, step);
     returns the new clock."""
-    _raise_if_non_finite(pending, ckpt)
-    _, metrics = pending.fetch()
+    metrics = _raise_if_non_finite(pending, ckpt)
     pending.clear()
     now = time.perf_counter()
     means = {name: float(np.mean(values)) for name, values in metrics.items()}

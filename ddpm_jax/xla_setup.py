@@ -6,7 +6,7 @@ Library imports never change flags: only ``train.py`` / ``sample.py`` call ``con
 import os
 
 # On XLA:CPU, the YNN fusions slow convolution gradients; turning them off was 1.6x faster for the
-# demo model's training step on this project's 2-core machine (../PERF_NOTES, benchmarks/).
+# demo model's training step on this project's 2-core machine (benchmarks/results/).
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 

@@ -16,7 +16,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 import jax
 import jax.numpy as jnp
-from etils import epath
 
 from configs import test as test_config
 from conftest import run_cli

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 import ddpm_jax as d
 from conftest import run_cli
-from ddpm_jax import data as input_pipeline, evaluation, generate, train_lib
+from ddpm_jax import data, evaluation, generate, train_lib
 
 
 def random_features(seed, n=300, f=12, shift=0.0):
@@ -80,7 +80,7 @@ def exact_eps(schedule):
 def discrete_source(n, side, seed):
     """n images [side, side, 1] drawn from PROBS, and their exact NLL in bits/dim."""
     index = np.random.default_rng(seed).choice(len(LEVELS), p=PROBS, size=(n, side, side, 1))
-    return (input_pipeline.ArraySource(LEVELS[index].astype(np.uint8)),
+    return (data.ArraySource(LEVELS[index].astype(np.uint8)),
             float(-np.log2(PROBS[index]).mean()))
 
 
@@ -120,7 +120,7 @@ def test_bound_masks_padding_and_is_sharding_invariant():
     run = lambda src, **kw: evaluation.bound_on_split(exact_eps(schedule), {}, schedule, src,
                                                       batch_size=16, **kw)
     cut = run(source, num_examples=36)
-    padded = run(input_pipeline.ArraySource(images))
+    padded = run(data.ArraySource(images))
     one_device = run(source, num_examples=36, mesh=train_lib.data_mesh(jax.devices()[:1]))
     assert cut["num_examples"] == padded["num_examples"] == 36
     for key in ("bpd", "bpd_stderr", "prior_bpd", "decoder_bpd", "diffusion_bpd"):
@@ -169,7 +169,7 @@ def trained(trained_workdir):
 
 @pytest.fixture(scope="module")
 def splits(fashion_dir):
-    load = lambda split: input_pipeline.load_split("fashion_mnist", split, data_dir=fashion_dir)
+    load = lambda split: data.load_split("fashion_mnist", split, data_dir=fashion_dir)
     return load("train[:512]"), load("test[:64]")
 
 
@@ -213,7 +213,7 @@ def test_classifier_features_and_reference_cache(classifier, splits, fashion_dir
     assert info["test_accuracy"] == accuracy and info["image_shape"] == [28, 28, 1]
     assert info["sha256"][:16] in extractor.name
     images = splits[1].read(np.arange(7))[0]
-    features = extractor(input_pipeline.to_model_range(images))
+    features = extractor(data.to_model_range(images))
     assert features.shape == (7, 128) and np.all(features >= 0)
     with pytest.raises(ValueError, match=r"images have shape \(32, 32, 3\) but the classifier"):
         extractor(np.zeros((2, 32, 32, 3)))

@@ -5,7 +5,6 @@ fetching verified weights from a local HTTP server (never the internet)."""
 
 import hashlib
 import http.server
-import io
 import json
 import math
 import os

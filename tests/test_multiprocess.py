@@ -15,7 +15,7 @@ import pytest
 import jax
 
 from conftest import ROOT
-from ddpm_jax import data as input_pipeline, evaluation, generate
+from ddpm_jax import data, evaluation, generate
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_two_processes_sample_and_evaluate_like_one(trained_workdir, fashion_dir
     finish(two_processes(
         ["evaluate.py", "--workdir", str(trained_workdir), "--metrics", "bpd", "--out",
          str(metrics), "--bpd_examples", "12", "--bpd_batch_size", "8"]))
-    test_split = input_pipeline.load_split("fashion_mnist", "test", data_dir=fashion_dir)
+    test_split = data.load_split("fashion_mnist", "test", data_dir=fashion_dir)
     expected = evaluation.bits_per_dim(trained, test_split, batch_size=8, num_examples=12)
     bpd = json.loads(metrics.read_text())["bpd"]
     assert bpd["num_examples"] == 12

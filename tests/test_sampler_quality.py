@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from ddpm_jax import data as input_pipeline, evaluation
+from ddpm_jax import data, evaluation
 
 spec = importlib.util.spec_from_file_location("sampler_quality",
                                               ROOT / "benchmarks" / "sampler_quality.py")
@@ -28,7 +28,7 @@ def test_parse_grid():
 
 @pytest.mark.slow
 def test_table_and_plot(trained_workdir, fashion_dir, tmp_path):
-    load = lambda split: input_pipeline.load_split("fashion_mnist", split, data_dir=fashion_dir)
+    load = lambda split: data.load_split("fashion_mnist", split, data_dir=fashion_dir)
     train, test = load("train[:64]"), load("test[:32]")
     params, accuracy = evaluation.train_classifier(train, test, steps=3, batch_size=16)
     classifier = str(tmp_path / "classifier.msgpack")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import test as test_config
-from ddpm_jax import data as input_pipeline, generate, train_lib
+from ddpm_jax import data, generate, train_lib
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT
@@ -38,8 +38,8 @@ def setup(fashion_dir):
     schedule = train_lib.make_schedule_from_config(config)
     state = jax.jit(lambda k: train_lib.create_train_state(model, optimizer, k, (28, 28, 1)))(
         jax.random.key(0))
-    source = input_pipeline.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
-    batch = input_pipeline.train_batch(source, seed=0, step=0, batch_size=8)
+    source = data.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
+    batch = data.train_batch(source, seed=0, step=0, batch_size=8)
     step = train_lib.make_train_step(model, schedule, optimizer, config)
     return config, state, batch, step
 
@@ -67,8 +67,8 @@ def test_device_count_does_not_change_the_result(setup):
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = train_lib.data_mesh(devices)
-        rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        fn = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep))
+        rep, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        fn = jax.jit(step, in_shardings=(rep, sharded, rep), out_shardings=(rep, rep))
         s = state
         for _ in range(2):
             s, metrics = fn(s, batch, jax.random.key(3))
@@ -99,7 +99,7 @@ def test_resume_is_bit_identical(trained_workdir, fashion_dir, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(fashion_dir, tmp_path, monkeypatch):
-    real_iterator = input_pipeline.train_iterator
+    real_iterator = data.train_iterator
 
     def poisoned(source, *, start_step, **kw):
         for step, batch in enumerate(real_iterator(source, start_step=start_step, **kw),
@@ -108,7 +108,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(fashion_dir, tmp_path, 
                 batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
             yield batch
 
-    monkeypatch.setattr(input_pipeline, "train_iterator", poisoned)
+    monkeypatch.setattr(data, "train_iterator", poisoned)
     workdir = str(tmp_path / "nan")
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3; stopping\. "
                                                  r"The last good checkpoint \(step 2\)"):

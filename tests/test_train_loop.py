@@ -16,7 +16,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax import data as input_pipeline, generate, train_lib, train_loop
+from ddpm_jax import data, generate, train_lib, train_loop
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT, run_cli
@@ -42,8 +42,8 @@ def test_steps_per_call_does_not_change_the_result(fashion_dir):
                                      optimizer, config)
     state = jax.jit(lambda k: train_lib.create_train_state(model, optimizer, k, (28, 28, 1)))(
         jax.random.key(0))
-    source = input_pipeline.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
-    batches = [input_pipeline.train_batch(source, seed=0, step=s, batch_size=8) for s in range(8)]
+    source = data.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
+    batches = [data.train_batch(source, seed=0, step=s, batch_size=8) for s in range(8)]
     key = jax.random.key(1)
     multi = jax.jit(train_loop.make_multi_step(step))
     results = {}
@@ -95,21 +95,23 @@ def test_resume_step_must_be_a_multiple_of_steps_per_call(trained_workdir, fashi
     shutil.copytree(trained_workdir, workdir, ignore=shutil.ignore_patterns("4", "*.jsonl"))
     config = make_config(fashion_dir, num_steps=8, steps_per_call=4, log_every=4,
                          checkpoint_every=4)
+    saved_config = (workdir / "config.json").read_bytes()
     with pytest.raises(ValueError, match=r"the checkpoint's step 2 is not a multiple of "
                                          r"training\.steps_per_call=4"):
         train_lib.train_and_evaluate(config, str(workdir))
+    assert (workdir / "config.json").read_bytes() == saved_config  # refused before any write
 
 
 def poison_step(monkeypatch, bad_step, action):
     """Makes the input pipeline call ``action(batch)`` on the batch of ``bad_step``."""
-    real_iterator = input_pipeline.train_iterator
+    real_iterator = data.train_iterator
 
     def iterator(source, *, start_step, **kw):
         for step, batch in enumerate(real_iterator(source, start_step=start_step, **kw),
                                      start_step + 1):
             yield action(batch) if step == bad_step else batch
 
-    monkeypatch.setattr(input_pipeline, "train_iterator", iterator)
+    monkeypatch.setattr(data, "train_iterator", iterator)
 
 
 def test_non_finite_loss_inside_a_call_is_named(fashion_dir, tmp_path, monkeypatch):
@@ -263,8 +265,8 @@ def fixed_batch_losses(config, batch, num_steps):
 def test_bfloat16_end_to_end(fashion_dir, tmp_path):
     """bfloat16 compute learns like float32 on a fixed batch (with a float32 loss); a bfloat16
     run of the loop keeps float32 parameters and EMA, and its checkpoint round-trips exactly."""
-    source = input_pipeline.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
-    batch = input_pipeline.train_batch(source, seed=0, step=0, batch_size=8)
+    source = data.load_split("fashion_mnist", "train[:64]", data_dir=fashion_dir)
+    batch = data.train_batch(source, seed=0, step=0, batch_size=8)
     config = make_config(fashion_dir, num_steps=4, checkpoint_every=4, log_every=4)
     f32 = fixed_batch_losses(config, batch, 20)
     config.model.dtype = "bfloat16"

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ddpm_jax import data as input_pipeline
+from ddpm_jax import data
 from ddpm_jax.data import ImageSource
 
 
@@ -29,7 +29,7 @@ def leading_batches(source: ImageSource, num_examples: int, *, batch_size: int,
 
     ``offset`` is the position in the split of the batch's first row (of the global batch).
     """
-    batches = input_pipeline.eval_batches(source, batch_size=batch_size,
+    batches = data.eval_batches(source, batch_size=batch_size,
                                           process_index=process_index,
                                           process_count=process_count)
     try:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddpm_jax import data as input_pipeline
+from ddpm_jax import data
 from ddpm_jax.evaluation.batches import leading_batches
 from ddpm_jax.evaluation.features import FeatureFunction
 from ddpm_jax.data import ImageSource
@@ -92,7 +92,7 @@ def train_classifier(train_source: ImageSource, test_source: ImageSource, *, ste
         updates, opt_state = optimizer.update(jax.grad(loss_fn)(params), opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    batches = input_pipeline.train_iterator(train_source, seed=seed, batch_size=batch_size)
+    batches = data.train_iterator(train_source, seed=seed, batch_size=batch_size)
     try:
         for batch in itertools.islice(batches, steps):
             params, opt_state = step(params, opt_state, batch["image"], batch["label"])
@@ -125,9 +125,9 @@ def load_classifier(path: str, *, batch_size: int = 500) -> tuple[FeatureFunctio
         raise FileNotFoundError(f"no classifier file {path!r}; train one with `python evaluate.py "
                                 f"--train_classifier --dataset <name> --classifier {path}`")
     with open(path, "rb") as f:
-        data = f.read()
-    payload = flax.serialization.msgpack_restore(data)
-    info = {**json.loads(payload["info"]), "sha256": hashlib.sha256(data).hexdigest()}
+        blob = f.read()
+    payload = flax.serialization.msgpack_restore(blob)
+    info = {**json.loads(payload["info"]), "sha256": hashlib.sha256(blob).hexdigest()}
     model = Classifier(info["num_classes"], tuple(info["channels"]), info["num_features"])
     image_shape = tuple(info["image_shape"])
     features = jax.jit(lambda p, x: model.apply({"params": p}, x)[1])

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_jax import data as input_pipeline, generate, sampling
+from ddpm_jax import data, generate, sampling
 from ddpm_jax.evaluation.features import FeatureExtractor
 from ddpm_jax.evaluation.reference import ReferenceStats
 from ddpm_jax.evaluation.scores import (
@@ -77,7 +77,7 @@ def fid_kid(trained: generate.Trained, *, num_samples: int, reference: Reference
     samples = generate.generate(trained, num_samples=num_samples, seed=seed, params=params,
                                 batch_size=batch_size, sampler=sampler, num_steps=num_steps,
                                 spacing=spacing, eta=eta)
-    features = feature_extractor(input_pipeline.to_model_range(samples.images_uint8))
+    features = feature_extractor(data.to_model_range(samples.images_uint8))
     s = samples.settings
     steps = len(sampling.sampling_timesteps(trained.schedule, s["num_steps"],
                                             spacing=s["spacing"]))

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import functools
 import os
 import pathlib
+import tempfile
 from typing import Any
 
 from flax import traverse_util
@@ -63,10 +64,14 @@ def fetch_pytorch_fid_weights(cache_dir: str | os.PathLike[str] | None = None) -
     pth = fetch_weights(PYTORCH_FID_WEIGHTS_URL, PYTORCH_FID_WEIGHTS_SHA256, cache_dir=cache_dir)
     npz = pth.with_suffix(".npz")
     if not npz.is_file():
-        partial = npz.with_name(f".{npz.name}.partial")
-        with open(partial, "wb") as f:
-            np.savez(f, **read_state_dict(pth), **{SOURCE_SHA256_KEY: file_sha256(pth)})
-        os.replace(partial, npz)
+        fd, partial = tempfile.mkstemp(dir=npz.parent, prefix=f".{npz.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **read_state_dict(pth), **{SOURCE_SHA256_KEY: file_sha256(pth)})
+            os.replace(partial, npz)  # processes sharing the cache each write their own file
+        except BaseException:
+            os.unlink(partial)
+            raise
     return npz
 
 

@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from ddpm_jax import data as input_pipeline
+from ddpm_jax import data
 from ddpm_jax.evaluation.batches import check_num_examples, leading_batches
 from ddpm_jax.evaluation.downloads import file_sha256
 from ddpm_jax.evaluation.features import FeatureExtractor
@@ -61,7 +61,7 @@ def reference_statistics(extractor: FeatureExtractor, *, dataset: str, split: st
         with np.load(cache) as f:
             if json.loads(str(f["provenance"])) == provenance:
                 return ReferenceStats(f["mu"], f["sigma"], f["features"], provenance)
-    source = input_pipeline.load_split(dataset, split, data_dir=data_dir)
+    source = data.load_split(dataset, split, data_dir=data_dir)
     features = split_features(extractor, source, batch_size=batch_size)
     mu, sigma = feature_statistics(features)
     if cache is not None and jax.process_index() == 0:
