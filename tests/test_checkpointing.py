@@ -66,6 +66,21 @@ def test_interrupted_save_leftovers_are_removed_on_open(tmp_path):
     restores_step(directory, 2)
 
 
+def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path):
+    """sample.py / evaluate.py / export open checkpoints read-only: a save in progress beside
+    them (its temporary directory) is not cleaned up, and a missing directory is not created."""
+    directory = saved(tmp_path / "ckpt")
+    in_progress = directory / "3.orbax-checkpoint-tmp-1764612345678901"
+    (in_progress / "default").mkdir(parents=True)
+    with Checkpointer(directory, read_only=True) as ckpt:
+        assert ckpt.all_steps() == [1, 2]
+        np.testing.assert_array_equal(ckpt.restore(TREE, 2)["a"], TREE["a"] + 2)
+    assert in_progress.is_dir()
+    with Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
+        assert ckpt.latest_step() is None
+    assert not (tmp_path / "absent").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated array file", "missing metadata"])
 def test_corrupt_checkpoint_names_step_and_path(tmp_path, damage):
     directory = saved(tmp_path / "ckpt")
