@@ -154,7 +154,8 @@ def test_signal_on_a_preview_step_saves_and_skips_the_preview(fashion_dir, tmp_p
 KILLED_DURING_SAVE = textwrap.dedent("""
     import asyncio, os, sys
     import orbax.checkpoint as ocp
-        from ddpm_jax import train_lib
+    from configs import test as test_config
+    from ddpm_jax import train_lib
 
     marker, workdir, data_dir, async_save = sys.argv[1:]
     commit = ocp.path.atomicity.AtomicRenameTemporaryPath.finalize
