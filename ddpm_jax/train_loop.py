@@ -25,6 +25,9 @@ def make_multi_step(train_step: Callable) -> Callable:
     result equals K single calls. Unjitted.
     """
     def multi_step(state, batches: dict[str, jax.Array], key: jax.Array):
+        if jax.tree.leaves(batches)[0].shape[0] == 1:  # K = 1: no scan (see the docstring)
+            state, metrics = train_step(state, jax.tree.map(lambda x: x[0], batches), key)
+            return state, jax.tree.map(lambda x: x[None], metrics)
         return jax.lax.scan(lambda s, batch: train_step(s, batch, key), state, batches)
 
     return multi_step

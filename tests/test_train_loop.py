@@ -31,10 +31,9 @@ def state_template(config):
 
 
 def test_steps_per_call_does_not_change_the_result(fashion_dir):
-    """K = 1, 4 and 8 give bit-identical parameters, EMA and optimizer state after 8 steps.
-
-    (The loop always runs the scan, K = 1 included: a bare ``jax.jit(train_step)`` is compiled
-    apart from a scan body and may differ from it in the last bits.)"""
+    """K = 2, 4 and 8 give bit-identical parameters, EMA and optimizer state after 8 steps; K = 1
+    the same to float rounding (it calls the step directly, not through a scan, which XLA:CPU
+    compiles apart and ran ~20x slower; the two differ in the last bits)."""
     config = make_config(fashion_dir)
     model = train_lib.make_model(config, (28, 28, 1))
     optimizer = train_lib.make_optimizer(config)
@@ -47,27 +46,31 @@ def test_steps_per_call_does_not_change_the_result(fashion_dir):
     key = jax.random.key(1)
     multi = jax.jit(train_loop.make_multi_step(step))
     results = {}
-    for k in (1, 4, 8):
+    for k in (1, 2, 4, 8):
         results[k] = state
         for first in range(0, 8, k):
             stacked = {n: np.stack([b[n] for b in batches[first:first + k]]) for n in batches[0]}
             results[k], metrics = multi(results[k], stacked, key)
         assert metrics["loss"].shape == (k,)
         assert int(results[k].step) == 8
-    assert trees_equal(results[1], results[4]) and trees_equal(results[1], results[8])
+    assert trees_equal(results[2], results[4]) and trees_equal(results[2], results[8])
+    for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[8])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_resume_with_steps_per_call_is_bit_identical(trained_workdir, fashion_dir, tmp_path):
-    """train.py's 4 single steps == its step-2 checkpoint resumed to 4 with K = 2; the metrics
-    are one line per log_every steps, averaged."""
+def test_resume_with_steps_per_call(trained_workdir, fashion_dir, tmp_path):
+    """train.py's 4 single steps == its step-2 checkpoint resumed to 4 with K = 2 (to float
+    rounding: K = 1 runs without a scan); the metrics are one line per log_every steps,
+    averaged. Resuming with the same K is bit-identical (test_train)."""
     workdir = tmp_path / "resumed"
     shutil.copytree(trained_workdir, workdir, ignore=shutil.ignore_patterns("4", "*.jsonl"))
     resumed = train_lib.train_and_evaluate(
         make_config(fashion_dir, num_steps=4, steps_per_call=2, log_every=2), str(workdir))
     straight = generate.load_workdir(str(trained_workdir))
     assert int(resumed.step) == 4
-    assert trees_equal((straight.params, straight.ema_params),
-                       (resumed.params, resumed.ema_params))
+    for a, b in zip(jax.tree.leaves((straight.params, straight.ema_params)),
+                    jax.tree.leaves((resumed.params, resumed.ema_params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         restored = ckpt.restore(resumed)
     assert trees_equal(restored.opt_state, resumed.opt_state)
@@ -75,7 +78,7 @@ def test_resume_with_steps_per_call_is_bit_identical(trained_workdir, fashion_di
     resumed_lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
     assert [l["step"] for l in resumed_lines] == [4]
     assert resumed_lines[0]["loss"] == pytest.approx(np.mean([l["loss"] for l in lines[2:4]]),
-                                                     rel=1e-6)
+                                                     rel=1e-5)
 
 
 @pytest.mark.parametrize("field, value", [("log_every", 3), ("checkpoint_every", 2),
@@ -205,8 +208,9 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(trained_workdir, fashi
     resumed = train_lib.train_and_evaluate(config, str(workdir))
     straight = generate.load_workdir(str(trained_workdir))
     assert int(resumed.step) == 4
-    assert trees_equal((straight.params, straight.ema_params),
-                       (resumed.params, resumed.ema_params))
+    for a, b in zip(jax.tree.leaves((straight.params, straight.ema_params)),
+                    jax.tree.leaves((resumed.params, resumed.ema_params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
