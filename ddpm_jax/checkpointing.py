@@ -7,6 +7,7 @@ bucket path and a local path is made absolute.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -48,10 +49,38 @@ def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
 
 
 def _first_line(error: BaseException, limit: int = 240) -> str:
-    """``Type: first line of the message``, cut to ``limit`` characters."""
+    """``Type: first line of the message`` of the error's root cause (orbax wraps tensorstore's
+    precise error in a generic one), cut to ``limit`` characters."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
     lines = str(error).strip().splitlines()
     line = lines[0] if lines else ""
     return f"{type(error).__name__}: {line if len(line) <= limit else line[:limit] + '...'}"
+
+
+def _ignore_reads_after_a_failed_restore() -> None:
+    """Silences the noise of a failed restore, and only that.
+
+    When one array cannot be read, orbax closes its event loop while tensorstore still finishes
+    the other reads; each then reports ``RuntimeError('Event loop is closed')`` from
+    ``call_soon_threadsafe`` through ``sys.unraisablehook``, a traceback printed after the real,
+    one-line error. This hook drops exactly those and passes everything else on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_reads_after_a_failed_restore", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        trace = unraisable.exc_traceback
+        while trace is not None and trace.tb_next is not None:
+            trace = trace.tb_next
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+                and trace is not None and trace.tb_frame.f_code.co_name == "_check_closed"):
+            previous(unraisable)
+
+    hook.drops_reads_after_a_failed_restore = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -134,6 +163,7 @@ class Checkpointer:
         try:
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many types
+            _ignore_reads_after_a_failed_restore()
             others = [s for s in steps if s != step]
             raise CheckpointError(
                 f"checkpoint step {step} at {self.directory / str(step)} cannot be restored "
