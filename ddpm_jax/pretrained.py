@@ -33,6 +33,7 @@ from etils import epath
 from flax import traverse_util
 
 from ddpm_jax import diffusion
+from ddpm_jax.atomic_files import atomic_write
 from ddpm_jax.models import UNet
 from ddpm_jax.schedules import Schedule, schedule_from_betas
 
@@ -511,13 +512,6 @@ def load(path_or_id: str) -> Pretrained:
                       source=str(path_or_id), **defaults)
 
 
-def _write_atomically(path: epath.Path, data: bytes) -> None:
-    """Writes ``data`` beside ``path`` and renames it over ``path``: never half a file."""
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    tmp.rename(path)
-
-
 def save(path: str, model: UNet, params: Any, schedule: Schedule, *,
          image_shape: tuple[int, int, int], variance: str = "fixedlarge", target: str = "eps",
          clip_x0: bool = True) -> None:
@@ -544,7 +538,8 @@ def save(path: str, model: UNet, params: Any, schedule: Schedule, *,
                                                  metadata={"format": "pt"})
     out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        _write_atomically(out / name, data)
+        with atomic_write(out / name) as f:
+            f.write(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +565,8 @@ def save_params(path: str, params: Any) -> None:
     else:
         data = flax.serialization.msgpack_serialize(tree)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, data)
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def load_params(path: str, *, like: Any = None) -> Any:

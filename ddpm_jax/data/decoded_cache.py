@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 
 from absl import logging
 from etils import epath
 import numpy as np
+
+from ddpm_jax.atomic_files import atomic_write
 
 # Bump when the decoding itself changes (resize filter, crop), so old entries are not read.
 CACHE_VERSION = 1
@@ -77,12 +78,5 @@ def store(
 
 
 def _save_atomically(path: epath.Path, array: np.ndarray) -> None:
-    """np.save to a temporary name beside ``path``, then a rename (atomic on one filesystem)."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with partial.open("wb") as f:
-            np.save(f, array)
-        partial.replace(path)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    with atomic_write(path) as f:
+        np.save(f, array)

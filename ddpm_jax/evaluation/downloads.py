@@ -14,10 +14,12 @@ import http.client
 import os
 import pathlib
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import IO
+
+from ddpm_jax.atomic_files import atomic_write
 
 _CHUNK = 1 << 20
 
@@ -68,26 +70,22 @@ def fetch_weights(url: str, sha256: str, *, cache_dir: str | os.PathLike[str],
                              f"delete it to download {url} again")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".partial")
     try:
-        digest = _download(url, fd, timeout=timeout)
-        if not digest.startswith(expected):
-            raise ValueError(f"the download of {url} has SHA-256 {digest}, expected "
-                             f"{expected}...; deleted it")
-        os.replace(partial, path)
+        with atomic_write(path) as out:
+            digest = _download(url, out, timeout=timeout)
+            if not digest.startswith(expected):
+                raise ValueError(f"the download of {url} has SHA-256 {digest}, expected "
+                                 f"{expected}...; deleted it")
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         raise ConnectionError(f"could not download {url} ({e}); put the file at {path} by hand "
                               f"(its SHA-256 starts with {expected})") from None
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
     return path
 
 
-def _download(url: str, fd: int, *, timeout: float) -> str:
-    """Streams ``url`` into the open file ``fd`` (closing it); returns the bytes' SHA-256."""
+def _download(url: str, out: IO[bytes], *, timeout: float) -> str:
+    """Streams ``url`` into the binary file ``out``; returns the bytes' SHA-256."""
     digest, received = hashlib.sha256(), 0
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         while chunk := response.read(_CHUNK):
             digest.update(chunk)

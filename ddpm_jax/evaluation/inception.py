@@ -18,7 +18,6 @@ from collections.abc import Mapping
 import functools
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 from flax import traverse_util
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax.atomic_files import atomic_write
 from ddpm_jax.evaluation.downloads import default_cache_dir, fetch_weights, file_sha256
 from ddpm_jax.evaluation.features import FeatureFunction
 from ddpm_jax.evaluation.inception_net import (  # noqa: F401  (re-exported)
@@ -64,14 +64,8 @@ def fetch_pytorch_fid_weights(cache_dir: str | os.PathLike[str] | None = None) -
     pth = fetch_weights(PYTORCH_FID_WEIGHTS_URL, PYTORCH_FID_WEIGHTS_SHA256, cache_dir=cache_dir)
     npz = pth.with_suffix(".npz")
     if not npz.is_file():
-        fd, partial = tempfile.mkstemp(dir=npz.parent, prefix=f".{npz.name}.", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **read_state_dict(pth), **{SOURCE_SHA256_KEY: file_sha256(pth)})
-            os.replace(partial, npz)  # processes sharing the cache each write their own file
-        except BaseException:
-            os.unlink(partial)
-            raise
+        with atomic_write(npz) as f:  # processes sharing the cache each write their own file
+            np.savez(f, **read_state_dict(pth), **{SOURCE_SHA256_KEY: file_sha256(pth)})
     return npz
 
 

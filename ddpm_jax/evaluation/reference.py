@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from ddpm_jax import data
+from ddpm_jax.atomic_files import atomic_write
 from ddpm_jax.evaluation.batches import check_num_examples, leading_batches
 from ddpm_jax.evaluation.downloads import file_sha256
 from ddpm_jax.evaluation.features import FeatureExtractor
@@ -66,9 +67,8 @@ def reference_statistics(extractor: FeatureExtractor, *, dataset: str, split: st
     mu, sigma = feature_statistics(features)
     if cache is not None and jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
-        with open(f"{cache}.tmp", "wb") as f:
+        with atomic_write(cache) as f:
             np.savez(f, mu=mu, sigma=sigma, features=features, provenance=json.dumps(provenance))
-        os.replace(f"{cache}.tmp", cache)
     return ReferenceStats(mu, sigma, features, provenance)
 
 
@@ -76,9 +76,8 @@ def save_reference_stats(path: str, reference: ReferenceStats) -> None:
     """Writes ``mu`` and ``sigma`` as pytorch-fid's ``--save-stats`` does (``np.savez_compressed``
     with those two keys), the format TTUR's precomputed statistics also use."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.tmp", "wb") as f:
+    with atomic_write(path) as f:
         np.savez_compressed(f, mu=reference.mu, sigma=reference.sigma)
-    os.replace(f"{path}.tmp", path)
 
 
 def load_reference_stats(path: str, *, feature_network: str) -> ReferenceStats:
