@@ -52,6 +52,11 @@ class Schedule:
         return self.betas.shape[0]
 
 
+def log_snr(alphas_cumprod: jax.Array) -> jax.Array:
+    """log(abar / (1 - abar)), elementwise; decreasing in t along a schedule."""
+    return jnp.log(alphas_cumprod) - jnp.log1p(-alphas_cumprod)
+
+
 def _derive(alphas_cumprod, xp) -> dict[str, Any]:
     """Every schedule array from abar_t, with array module ``xp`` (numpy or jax.numpy)."""
     alphas_cumprod_prev = xp.concatenate([xp.ones_like(alphas_cumprod[:1]), alphas_cumprod[:-1]])

@@ -10,7 +10,7 @@
 from ddpm_jax.sampling.guidance import classifier_free_guidance
 from ddpm_jax.sampling.sampler import SAMPLERS, Trajectory, model_calls, sample
 from ddpm_jax.sampling.steps import ddim_step, dpmpp_2m_step, heun_step
-from ddpm_jax.sampling.timesteps import SPACINGS, log_snr, sampling_timesteps
+from ddpm_jax.sampling.timesteps import SPACINGS, sampling_timesteps
 
 __all__ = ["SAMPLERS", "SPACINGS", "Trajectory", "classifier_free_guidance", "ddim_step",
-           "dpmpp_2m_step", "heun_step", "log_snr", "model_calls", "sample", "sampling_timesteps"]
+           "dpmpp_2m_step", "heun_step", "model_calls", "sample", "sampling_timesteps"]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from ddpm_jax import diffusion
 from ddpm_jax.diffusion import extract
-from ddpm_jax.schedules import Schedule
+from ddpm_jax.schedules import Schedule, log_snr
 
 
 def _x0_and_eps(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array, *,
@@ -83,7 +83,7 @@ def dpmpp_2m_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t
     exp_neg_h = sigma_ratio * jnp.sqrt(abar / abar_next)  # e^{-h}; 0 at the final step
     denoised = pred_x0
     if prev_pred_x0 is not None:
-        half_log_snr = lambda a: 0.5 * (jnp.log(a) - jnp.log1p(-a))
+        half_log_snr = lambda a: 0.5 * log_snr(a)
         abar_before = extract(schedule.alphas_cumprod, jnp.minimum(jnp.asarray(t) + 1, last), ndim)
         h = half_log_snr(abar_next) - half_log_snr(abar)
         h_prev = half_log_snr(abar) - half_log_snr(abar_before)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import diffusion
-from ddpm_jax.schedules import Schedule
+from ddpm_jax.schedules import Schedule, log_snr
 
 SPACINGS = ("time", "logsnr", "karras")
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5
@@ -38,12 +38,6 @@ def check_num_steps(num_steps: int | None, num_timesteps: int) -> int:
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {steps}")
     return steps
-
-
-def log_snr(schedule: Schedule) -> jax.Array:
-    """[T] log(abar_t / (1 - abar_t)), decreasing in t."""
-    abar = schedule.alphas_cumprod
-    return jnp.log(abar) - jnp.log1p(-abar)
 
 
 def _nearest_distinct(levels: jax.Array, targets: jax.Array) -> jax.Array:
@@ -82,7 +76,7 @@ def sampling_timesteps(schedule: Schedule, num_steps: int | None, *,
         return jnp.array([num_timesteps - 1], jnp.int32)
     if spacing == "time":
         return jnp.asarray(np.round(np.linspace(0, num_timesteps - 1, steps)), jnp.int32)
-    levels = log_snr(schedule)
+    levels = log_snr(schedule.alphas_cumprod)
     u = jnp.linspace(0.0, 1.0, steps)
     if spacing == "logsnr":
         targets = levels[0] + u * (levels[-1] - levels[0])
