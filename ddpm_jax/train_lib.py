@@ -143,11 +143,25 @@ def make_schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
     return make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with linear warm-up to a constant rate, after global-norm clipping (Ho et al.)."""
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """A linear warm-up from 0 to ``optim.learning_rate`` over ``optim.warmup_steps``, then that
+    rate (Ho et al.) or, with ``optim.decay_steps`` > 0, a cosine decay from it that reaches
+    ``optim.end_learning_rate`` at step ``decay_steps`` (warm-up included) and stays there."""
     o = config.optim
-    lr = optax.warmup_constant_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
-    adam = optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    warmup = max(o.warmup_steps, 1)
+    if not o.decay_steps:
+        return optax.warmup_constant_schedule(0.0, o.learning_rate, warmup)
+    if o.decay_steps <= warmup:
+        raise ValueError(f"optim.decay_steps={o.decay_steps} must exceed optim.warmup_steps="
+                         f"{o.warmup_steps} (it counts the warm-up), or be 0 for a constant rate")
+    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, o.decay_steps,
+                                              end_value=o.end_learning_rate)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam on ``learning_rate_schedule``, after global-norm clipping (Ho et al.)."""
+    o = config.optim
+    adam = optax.adam(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps)
     return optax.chain(optax.clip_by_global_norm(o.grad_clip), adam) if o.grad_clip > 0 else adam
 
 

@@ -85,6 +85,24 @@ def test_ema_warmup():
     assert float(train_lib.ema_decay_at(jnp.array(0), 0.9999, False)) == pytest.approx(0.9999)
 
 
+def test_learning_rate_schedules_match_their_closed_forms():
+    config = test_config.get_config()
+    config.optim.update(learning_rate=1e-3, warmup_steps=100)
+    constant = train_lib.learning_rate_schedule(config)
+    for step, expected in ((0, 0.0), (50, 5e-4), (100, 1e-3), (10_000, 1e-3)):
+        np.testing.assert_allclose(constant(step), expected, rtol=1e-6)
+    config.optim.update(decay_steps=1100, end_learning_rate=1e-5)
+    cosine = train_lib.learning_rate_schedule(config)
+    for step in (0, 50, 100, 350, 600, 1100, 5000):
+        progress = min(max(step - 100, 0), 1000) / 1000
+        expected = (step / 100 * 1e-3 if step < 100 else
+                    1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + np.cos(np.pi * progress)))
+        np.testing.assert_allclose(cosine(step), expected, rtol=1e-5)
+    config.optim.decay_steps = 100
+    with pytest.raises(ValueError, match="optim.decay_steps=100 must exceed optim.warmup_steps"):
+        train_lib.learning_rate_schedule(config)
+
+
 def test_resume_is_bit_identical(trained_workdir, fashion_dir, tmp_path):
     """train.py's 4 straight steps == its step-2 checkpoint resumed to 4 (leaf by leaf, exact)."""
     workdir = tmp_path / "resumed"
