@@ -149,7 +149,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     ``optim.end_learning_rate`` at step ``decay_steps`` (warm-up included) and stays there."""
     o = config.optim
     warmup = max(o.warmup_steps, 1)
-    if not o.decay_steps:
+    if not o.get("decay_steps"):  # absent from the config.json of runs saved before it existed
         return optax.warmup_constant_schedule(0.0, o.learning_rate, warmup)
     if o.decay_steps <= warmup:
         raise ValueError(f"optim.decay_steps={o.decay_steps} must exceed optim.warmup_steps="
