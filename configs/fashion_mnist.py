@@ -1,4 +1,11 @@
-"""The CPU demo: Fashion-MNIST 28x28 on two CPU cores in about 15 minutes."""
+"""The CPU demo: Fashion-MNIST 28x28, trained and sampled on two CPU cores within `make demo`'s
+15 minutes.
+
+The recipe is the winner of the README's ablation ("The demo's recipe"), each lever measured at a
+fixed step count by FID of 256 samples on classifier features: batch 64 (78 vs 61 images/s at
+batch 32 on XLA:CPU) for 700 steps, Min-SNR-5 loss weighting, fixedsmall sampling variance
+(sigma_t^2 = beta-tilde_t), and ancestral sampling respaced to 250 steps.
+"""
 
 from configs import default
 
@@ -13,13 +20,16 @@ def get_config():
     config.model.attn_resolutions = (7,)
     config.model.dropout = 0.0
     config.model.num_groups = 8
-    config.training.batch_size = 32
-    config.training.num_steps = 1000
+    config.diffusion.variance = "fixedsmall"
+    config.diffusion.loss_weighting = "min_snr"
+    config.training.batch_size = 64
+    config.training.num_steps = 700
     config.training.log_every = 50
-    config.training.checkpoint_every = 250
+    config.training.checkpoint_every = 350
     config.training.sample_every = 0  # no previews during the demo; sample.py runs after
     config.training.num_preview_samples = 16
     config.training.ema_decay = 0.995
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 100
+    config.sampling.num_steps = 250
     return config
