@@ -101,6 +101,8 @@ def test_learning_rate_schedules_match_their_closed_forms():
     config.optim.decay_steps = 100
     with pytest.raises(ValueError, match="optim.decay_steps=100 must exceed optim.warmup_steps"):
         train_lib.learning_rate_schedule(config)
+    del config.optim.decay_steps  # a run saved before the option existed: a constant rate
+    np.testing.assert_allclose(train_lib.learning_rate_schedule(config)(10_000), 1e-3, rtol=1e-6)
 
 
 def test_resume_is_bit_identical(trained_workdir, fashion_dir, tmp_path):
