@@ -30,7 +30,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    compilation_cache, data, distributed, evaluation, generate, pretrained, sampling)
+    compilation_cache, data, distributed, evaluation, generate, pretrained, sampling, train_lib)
 from ddpm_jax.checkpointing import as_path  # noqa: E402
 from ddpm_jax.evaluation import inception  # noqa: E402
 
@@ -140,7 +140,8 @@ def _feature_network() -> tuple:
     return extractor, {"name": extractor.name, **info}, logits_weight
 
 
-def _reference(extractor, weights_file: str, dataset: str, data_dir: str | None):
+def _reference(extractor, weights_file: str, dataset: str, data_dir: str | None,
+               split_options: dict):
     """--reference_stats, or the cached statistics of --reference_split (exported when asked)."""
     if FLAGS.reference_stats:
         return evaluation.load_reference_stats(FLAGS.reference_stats,
@@ -149,7 +150,8 @@ def _reference(extractor, weights_file: str, dataset: str, data_dir: str | None)
     cache = FLAGS.reference_cache or (
         f"{os.path.splitext(weights_file)[0]}.{dataset}.{split_tag}.reference.npz")
     reference = evaluation.reference_statistics(
-        extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir, cache=cache)
+        extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir, cache=cache,
+        **split_options)
     if FLAGS.save_reference_stats and jax.process_index() == 0:
         evaluation.save_reference_stats(FLAGS.save_reference_stats, reference)
     return reference
@@ -178,14 +180,19 @@ def evaluate() -> dict:
     if not dataset:
         raise ValueError("--dataset is needed without --workdir (a pretrained model does not "
                          "name its dataset)")
+    # The run's own dataset is read as it trained on it (image size; a folder's path and
+    # settings); another --dataset, or a pretrained model's, as the dataset comes.
+    own_data = trained is not None and dataset == trained.config.data.name
+    split_options = train_lib.split_options(trained.config) if own_data else {}
+    open_split = lambda split: data.load_split(dataset, split, data_dir=data_dir,
+                                               keep_in_memory=False, **split_options)
     results = {"dataset": dataset}
     if FLAGS.pretrained:
         results.update(pretrained=FLAGS.pretrained)
     elif trained:
         results.update(workdir=os.fspath(as_path(FLAGS.workdir)), step=trained.step)
     if "bpd" in FLAGS.metrics:
-        source = data.load_split(dataset, FLAGS.bpd_split, data_dir=data_dir,
-                                           keep_in_memory=False)
+        source = open_split(FLAGS.bpd_split)
         results["bpd"] = {"split": FLAGS.bpd_split, **_timed(
             evaluation.bits_per_dim, trained, source, params=FLAGS.params,
             batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed,
@@ -193,7 +200,8 @@ def evaluate() -> dict:
     if {"fid", "is", "floor"} & set(FLAGS.metrics):
         extractor, results["feature_network"], logits_weight = _feature_network()
     if {"fid", "floor"} & set(FLAGS.metrics):
-        reference = _reference(extractor, results["feature_network"]["file"], dataset, data_dir)
+        reference = _reference(extractor, results["feature_network"]["file"], dataset, data_dir,
+                               split_options)
         kid = dict(kid_subsets=FLAGS.kid_subsets, kid_subset_size=FLAGS.kid_subset_size,
                    seed=FLAGS.seed)
     if {"fid", "is"} & set(FLAGS.metrics):
@@ -207,8 +215,7 @@ def evaluate() -> dict:
             logits_weight=logits_weight, **(kid if fid else {}))
     if "floor" in FLAGS.metrics:
         def floor():
-            real = data.load_split(dataset, FLAGS.floor_split, data_dir=data_dir,
-                                             keep_in_memory=False)
+            real = open_split(FLAGS.floor_split)
             features = evaluation.split_features(extractor, real, num_examples=FLAGS.num_samples)
             return {"split": FLAGS.floor_split,
                     **evaluation.compare_features(features, reference, **kid)}

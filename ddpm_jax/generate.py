@@ -140,10 +140,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     if batch_size < 1 or batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the device "
                          f"count {mesh.size}")
-    settings = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps, spacing=spacing,
-                                      eta=eta).items() if v is not None}
-    s = {"spacing": "time", **config.sampling.to_dict(), **settings,
-         "variance": variance or config.diffusion.variance}
+    s = train_lib.sampling_settings(config, sampler=sampler, num_steps=num_steps,
+                                    spacing=spacing, eta=eta, variance=variance)
     # Validates num_steps before any work; the progress bar counts these steps.
     steps = len(sampling.sampling_timesteps(trained.schedule, s["num_steps"],
                                             spacing=s["spacing"]))
@@ -175,10 +173,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
                 guidance_scale=1.0 if guidance_scale is None else guidance_scale)
         sharded_fn = lambda x, t: denoise_fn(jax.lax.with_sharding_constraint(x, sharded), t)
         return sampling.sample(
-            sharded_fn, trained.schedule, key, (batch_size, *image_shape), sampler=s["sampler"],
-            num_steps=s["num_steps"], spacing=s["spacing"], eta=s["eta"],
-            target=config.diffusion.target,
-            variance=s["variance"], clip_x0=s["clip_x0"],
+            sharded_fn, trained.schedule, key, (batch_size, *image_shape), **s,
             trajectory_every=trajectory_every if with_trajectory else None,
             progress=(lambda i: bar.update(1)) if progress else None)
 
@@ -199,8 +194,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     images = np.concatenate(outputs)[:num_samples]
     settings = dict(workdir=os.fspath(as_path(workdir)) if isinstance(workdir, str) else None,
                     step=trained.step, seed=seed, num_samples=num_samples, params=params,
-                    batch_size=batch_size, target=config.diffusion.target,
-                    guidance_scale=guidance_scale,
+                    batch_size=batch_size, guidance_scale=guidance_scale,
                     labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
     if isinstance(workdir, Pretrained):
         settings["pretrained"] = workdir.source

@@ -278,15 +278,29 @@ class _StopRequested:
                 signal.signal(s, h)
 
 
-def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict,
-              **overrides) -> Callable:
+def split_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``data.load_split``'s arguments besides the name, split and data dir, from ``config.data``:
+    the image size and a folder's path and preparation settings (None where a run saved before
+    they existed lacks them)."""
+    return {key: config.data.get(key) for key in (
+        "image_size", "path", "channels", "labels_from_subdirs", "cache_dir", "skip_bad_images")}
+
+
+def sampling_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
+    """The keyword arguments of ``sampling.sample`` that a run's config fixes: its ``sampling``
+    block (``spacing`` 'time' for runs saved before it existed) with the diffusion's
+    ``variance`` and ``target``; ``overrides`` that are not None replace them."""
+    settings = {"spacing": "time", **config.sampling.to_dict(),
+                "variance": config.diffusion.variance, "target": config.diffusion.target}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict) -> Callable:
     """``fn(params, key, shape) -> images`` with the config's sampler settings; unjitted."""
-    s = {**config.sampling.to_dict(), **overrides}
+    settings = sampling_settings(config)
     return lambda params, key, shape, **kw: sampling.sample(
-        denoiser(model, params), schedule, key, shape, sampler=s["sampler"],
-        num_steps=s["num_steps"], spacing=s.get("spacing", "time"), eta=s["eta"],
-        variance=config.diffusion.variance,
-        target=config.diffusion.target, clip_x0=s["clip_x0"], **kw)
+        denoiser(model, params), schedule, key, shape, **settings, **kw)
 
 
 def _restore_or_start(ckpt: Checkpointer, state: TrainState, workdir: epath.Path,
@@ -335,10 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = checkpointing.as_path(workdir)
     tr = config.training
     d = config.data
-    source = data.load_split(
-        d.name, d.train_split, data_dir=d.data_dir, image_size=d.image_size, path=d.path,
-        channels=d.channels, labels_from_subdirs=d.labels_from_subdirs, cache_dir=d.cache_dir,
-        skip_bad_images=d.skip_bad_images)
+    source = data.load_split(d.name, d.train_split, data_dir=d.data_dir, **split_options(config))
     data.check_holds_a_batch(source, batch_size=tr.batch_size)
     check_labels(config, source)
     image_shape = source.image_shape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import data
+from ddpm_jax import data, evaluation
 from ddpm_jax.data import folder
 from conftest import run_cli
 
@@ -313,8 +313,29 @@ def test_class_names_round_trip_and_labels_by_name(tmp_path):
         data.parse_labels(["cats"], None)
 
 
+def test_reference_statistics_of_a_folder(image_folder, tmp_path):
+    """FID's reference for a folder run reads the folder as training did; its cache is keyed by
+    the folder's path and settings."""
+    root, images = image_folder
+    mean_colour = evaluation.FeatureFunction("mean colour", lambda x: x.mean(axis=(1, 2)), 8)
+    options = dict(path=root, image_size=SIZE, cache_dir=tmp_path / "cache")
+    cache = str(tmp_path / "reference.npz")
+    reference = evaluation.reference_statistics(mean_colour, dataset="folder", split="train",
+                                                cache=cache, **options)
+    assert reference.features.shape == (len(images), 3)
+    assert reference.provenance["path"] == str(root) and reference.provenance["image_size"] == SIZE
+    source = data.load_split("folder", **options)
+    pixels, _ = source.read(np.arange(len(source)))
+    expected = mean_colour(pixels.astype(np.float32) / 127.5 - 1)
+    np.testing.assert_allclose(reference.features, expected, rtol=1e-6)
+    smaller = evaluation.reference_statistics(mean_colour, dataset="folder", split="train",
+                                              cache=cache, **(options | dict(image_size=8)))
+    assert smaller.provenance["image_size"] == 8  # another setting is not served from the cache
+    assert not np.array_equal(smaller.features, reference.features)
+
+
 # --------------------------------------------------------------------------------------------
-# End to end: train.py and sample.py on a folder
+# End to end: train.py, sample.py and evaluate.py on a folder
 
 
 @pytest.mark.slow
@@ -340,3 +361,10 @@ def test_train_and_sample_on_a_folder_of_images(image_folder, tmp_path):
     result = run_cli("sample.py", "--workdir", str(workdir), "--labels=dgos")
     assert result.returncode != 0
     assert "unknown label 'dgos'" in result.stderr and "0=birds, 1=cats, 2=dogs" in result.stderr
+    # evaluate.py reads the run's folder at its size (bits/dim needs the model's image shape).
+    result = run_cli("evaluate.py", "--workdir", str(workdir), "--metrics", "bpd",
+                     "--bpd_split", "train", "--bpd_examples", "4", "--bpd_estimator", "mc",
+                     "--bpd_timesteps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    bpd = json.loads((workdir / "metrics.json").read_text())["bpd"]
+    assert bpd["num_examples"] == 4 and np.isfinite(bpd["bpd"])

@@ -49,20 +49,26 @@ class ReferenceStats:
 
 def reference_statistics(extractor: FeatureExtractor, *, dataset: str, split: str,
                          data_dir: str | None = None, cache: str | None = None,
-                         batch_size: int = 500) -> ReferenceStats:
+                         batch_size: int = 500, **split_options) -> ReferenceStats:
     """Features of a whole split (slices allowed: 'test[:1000]'), cached in an .npz.
 
-    A cache whose provenance (dataset, split, data dir as an absolute path, feature network name)
-    differs is recomputed and overwritten (by process 0, atomically).
+    ``split_options`` are ``data.load_split``'s other arguments (``image_size``; a folder's
+    ``path``, ``channels``, ...). A cache whose provenance (dataset, split, data dir as an
+    absolute path, the options given but ``cache_dir``, feature network name) differs is
+    recomputed and overwritten (by process 0, atomically).
     """
+    # Where a prepared folder is kept does not change its images.
+    given = {key: os.path.abspath(value) if key == "path" else value
+             for key, value in split_options.items()
+             if value not in (None, False) and key != "cache_dir"}
     provenance = {"dataset": dataset, "split": split,
                   "data_dir": None if data_dir is None else os.path.abspath(data_dir),
-                  "feature_network": extractor.name}
+                  **given, "feature_network": extractor.name}
     if cache is not None and os.path.isfile(cache):
         with np.load(cache) as f:
             if json.loads(str(f["provenance"])) == provenance:
                 return ReferenceStats(f["mu"], f["sigma"], f["features"], provenance)
-    source = data.load_split(dataset, split, data_dir=data_dir)
+    source = data.load_split(dataset, split, data_dir=data_dir, **split_options)
     features = split_features(extractor, source, batch_size=batch_size)
     mu, sigma = feature_statistics(features)
     if cache is not None and jax.process_index() == 0:
