@@ -2,7 +2,8 @@
 second ``sample.py`` / ``evaluate.py`` run loads its compiled programs instead of compiling them.
 
 ``--compilation_cache_dir`` (default: $JAX_COMPILATION_CACHE_DIR, else
-``~/.cache/ddpm_jax/jax_compilation_cache``) and ``--nocompilation_cache`` to turn it off.
+``jax_compilation_cache`` in the project's cache, ``$XDG_CACHE_HOME/ddpm_jax`` or
+``~/.cache/ddpm_jax``) and ``--nocompilation_cache`` to turn it off.
 Library imports never change the cache: only the CLIs call ``enable_from_flags``.
 """
 
@@ -11,15 +12,22 @@ import os
 import jax
 from absl import flags
 
-DEFAULT_DIR = os.path.join("~", ".cache", "ddpm_jax", "jax_compilation_cache")
+from ddpm_jax.evaluation.downloads import default_cache_dir
 
 _ENABLED = flags.DEFINE_bool(
     "compilation_cache", True, "Keep compiled programs on disk across runs "
     "(--nocompilation_cache: compile everything afresh).")
 _DIR = flags.DEFINE_string(
-    "compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+    "compilation_cache_dir", None,
     "Directory of the compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
-    f"{DEFAULT_DIR}).")
+    "$XDG_CACHE_HOME/ddpm_jax/jax_compilation_cache or ~/.cache/ddpm_jax/jax_compilation_cache).")
+
+
+def default_dir() -> str:
+    """$JAX_COMPILATION_CACHE_DIR, else ``jax_compilation_cache`` in the project's cache
+    (``$XDG_CACHE_HOME/ddpm_jax`` or ``~/.cache/ddpm_jax``)."""
+    return (os.environ.get("JAX_COMPILATION_CACHE_DIR")
+            or os.fspath(default_cache_dir() / "jax_compilation_cache"))
 
 
 def enable_from_flags() -> str | None:
@@ -30,7 +38,7 @@ def enable_from_flags() -> str | None:
     if not _ENABLED.value:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
-    directory = os.path.expanduser(_DIR.value or DEFAULT_DIR)
+    directory = os.path.expanduser(_DIR.value or default_dir())
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)
     return directory
