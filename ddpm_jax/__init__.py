@@ -27,6 +27,7 @@ from ddpm_jax.sampling import (
     Trajectory,
     classifier_free_guidance,
     ddim_step,
+    dpmpp_2m_sde_step,
     dpmpp_2m_step,
     heun_step,
     sample,

@@ -20,7 +20,7 @@ def test_parse_grid():
     assert sampler_quality.parse_grid("ddim:10,heun:5:karras") == [
         dict(sampler="ddim", num_steps=10, spacing="time"),
         dict(sampler="heun", num_steps=5, spacing="karras")]
-    assert len(sampler_quality.parse_grid(sampler_quality.DEFAULT_GRID)) == 14
+    assert len(sampler_quality.parse_grid(sampler_quality.DEFAULT_GRID)) == 17
     for bad in ("ddim", "ddim:ten", "plms:10", "ddim:10:cosine", ""):
         with pytest.raises(ValueError):
             sampler_quality.parse_grid(bad)

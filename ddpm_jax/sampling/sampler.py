@@ -16,11 +16,11 @@ import jax.numpy as jnp
 
 from ddpm_jax import diffusion
 from ddpm_jax.diffusion import DenoiseFn
-from ddpm_jax.sampling.steps import ddim_step, dpmpp_2m_step, heun_step
+from ddpm_jax.sampling.steps import ddim_step, dpmpp_2m_sde_step, dpmpp_2m_step, heun_step
 from ddpm_jax.sampling.timesteps import sampling_timesteps
 from ddpm_jax.schedules import Schedule, respace
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "heun")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
 
 
 class Trajectory(NamedTuple):
@@ -81,8 +81,9 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
         ``fold_in(key, axis_index)`` first, or every shard draws the same samples.
       shape: the output shape [B, ..., C].
       sampler: ``'ddpm'`` (ancestral, Ho et al. Algorithm 2), ``'ddim'`` (Song et al.),
-        ``'dpmpp_2m'`` (DPM-Solver++(2M), Lu et al. 2022) or ``'heun'`` (Karras et al. 2022,
-        Algorithm 1; two model calls per step, see ``model_calls``).
+        ``'dpmpp_2m'`` (DPM-Solver++(2M), Lu et al. 2022), ``'dpmpp_2m_sde'`` (its stochastic
+        variant, SDE-DPM-Solver++(2M)) or ``'heun'`` (Karras et al. 2022, Algorithm 1; two model
+        calls per step, see ``model_calls``).
       num_steps: visit only this many of the T timesteps (respacing; default all T).
       spacing: where those steps lie: ``'time'``, ``'logsnr'`` or ``'karras'``
         (see ``sampling_timesteps``).
@@ -120,6 +121,9 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
             x_prev, pred_x0 = heun_step(indexed_fn, schedule, x, t, **kw)
         elif sampler == "dpmpp_2m":
             x_prev, pred_x0 = dpmpp_2m_step(schedule, indexed_fn(x, t), x, t, prev_pred_x0, **kw)
+        elif sampler == "dpmpp_2m_sde":
+            x_prev, pred_x0 = dpmpp_2m_sde_step(schedule, indexed_fn(x, t), x, t, step_rng,
+                                                prev_pred_x0, **kw)
         elif sampler == "ddim":
             x_prev, pred_x0 = ddim_step(schedule, indexed_fn(x, t), x, t, step_rng, eta=eta, **kw)
         else:

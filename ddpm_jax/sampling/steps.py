@@ -1,4 +1,4 @@
-"""One step of each deterministic or DDIM-family sampler, as pure functions.
+"""One step of each DDIM-family or DPM-Solver++ / Heun sampler, as pure functions.
 
 Every step maps the sample at index ``t`` of a (possibly respaced) ``schedule`` to index t-1,
 where index -1 is clean data (abar = 1, ``schedule.alphas_cumprod_prev[0]``); ``t`` is a [B]
@@ -53,6 +53,27 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: ja
     return x_prev, pred_x0
 
 
+def _dpmpp_2m_terms(schedule: Schedule, pred_x0: jax.Array, prev_pred_x0: jax.Array | None,
+                    t: jax.Array) -> tuple[jax.Array, ...]:
+    """sigma_{t-1} / sigma_t, e^{-h}, alpha_{t-1} and DPM-Solver++(2M)'s D' (see
+    ``dpmpp_2m_step``), each broadcastable to ``pred_x0``."""
+    ndim, last = pred_x0.ndim, schedule.num_timesteps - 1
+    abar = extract(schedule.alphas_cumprod, t, ndim)
+    abar_next = extract(schedule.alphas_cumprod_prev, t, ndim)
+    sigma_ratio = jnp.sqrt((1.0 - abar_next) / (1.0 - abar))
+    exp_neg_h = sigma_ratio * jnp.sqrt(abar / abar_next)  # e^{-h}; 0 at the final step
+    denoised = pred_x0
+    if prev_pred_x0 is not None:
+        half_log_snr = lambda a: 0.5 * log_snr(a)
+        abar_before = extract(schedule.alphas_cumprod, jnp.minimum(jnp.asarray(t) + 1, last), ndim)
+        h = half_log_snr(abar_next) - half_log_snr(abar)
+        h_prev = half_log_snr(abar) - half_log_snr(abar_before)
+        second_order = diffusion.expand_to((jnp.asarray(t) > 0) & (jnp.asarray(t) < last), ndim)
+        half_inv_r = jnp.where(second_order, h / (2.0 * h_prev), 0.0)
+        denoised = pred_x0 + half_inv_r * (pred_x0 - prev_pred_x0)
+    return sigma_ratio, exp_neg_h, jnp.sqrt(abar_next), denoised
+
+
 def dpmpp_2m_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
                   prev_pred_x0: jax.Array | None = None, *, target: str = "eps",
                   variance: str = "fixedlarge",
@@ -76,21 +97,43 @@ def dpmpp_2m_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t
     """
     pred_x0, _ = _x0_and_eps(schedule, model_output, x_t, t, target=target, variance=variance,
                              clip_x0=clip_x0)
-    ndim, last = x_t.ndim, schedule.num_timesteps - 1
-    abar = extract(schedule.alphas_cumprod, t, ndim)
-    abar_next = extract(schedule.alphas_cumprod_prev, t, ndim)
-    sigma_ratio = jnp.sqrt((1.0 - abar_next) / (1.0 - abar))
-    exp_neg_h = sigma_ratio * jnp.sqrt(abar / abar_next)  # e^{-h}; 0 at the final step
-    denoised = pred_x0
-    if prev_pred_x0 is not None:
-        half_log_snr = lambda a: 0.5 * log_snr(a)
-        abar_before = extract(schedule.alphas_cumprod, jnp.minimum(jnp.asarray(t) + 1, last), ndim)
-        h = half_log_snr(abar_next) - half_log_snr(abar)
-        h_prev = half_log_snr(abar) - half_log_snr(abar_before)
-        second_order = diffusion.expand_to((jnp.asarray(t) > 0) & (jnp.asarray(t) < last), ndim)
-        half_inv_r = jnp.where(second_order, h / (2.0 * h_prev), 0.0)
-        denoised = pred_x0 + half_inv_r * (pred_x0 - prev_pred_x0)
-    x_prev = sigma_ratio * x_t + jnp.sqrt(abar_next) * (1.0 - exp_neg_h) * denoised
+    sigma_ratio, exp_neg_h, alpha_next, denoised = _dpmpp_2m_terms(schedule, pred_x0,
+                                                                   prev_pred_x0, t)
+    x_prev = sigma_ratio * x_t + alpha_next * (1.0 - exp_neg_h) * denoised
+    return x_prev, pred_x0
+
+
+def dpmpp_2m_sde_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
+                      key: jax.Array, prev_pred_x0: jax.Array | None = None, *,
+                      target: str = "eps", variance: str = "fixedlarge",
+                      clip_x0: bool = True) -> tuple[jax.Array, jax.Array]:
+    """One SDE-DPM-Solver++(2M) step (Lu et al. 2022, the solver of the reverse SDE in data
+    prediction, second order by the midpoint rule), t -> t-1: diffusers' ``algorithm_type=
+    'sde-dpmsolver++'`` and k-diffusion's ``sample_dpmpp_2m_sde`` (eta 1).
+
+    With h, D' and the history as in ``dpmpp_2m_step`` and z ~ N(0, I),
+    x_{t-1} = sigma_{t-1} / sigma_t e^{-h} x_t + alpha_{t-1} (1 - e^{-2h}) D'
+    + sigma_{t-1} sqrt(1 - e^{-2h}) z. Like ancestral sampling it injects fresh noise at every
+    step, which corrects part of the model's error instead of following the probability-flow
+    ODE; the final step returns D.
+
+    Args:
+      schedule, model_output, x_t, t: as in ``ddim_step``.
+      key: PRNG key of this step's noise.
+      prev_pred_x0, target, variance, clip_x0: as in ``dpmpp_2m_step``.
+
+    Returns:
+      ``(x_prev [B, ...], pred_x0 [B, ...])``; pass ``pred_x0`` to the next step.
+    """
+    pred_x0, _ = _x0_and_eps(schedule, model_output, x_t, t, target=target, variance=variance,
+                             clip_x0=clip_x0)
+    sigma_ratio, exp_neg_h, alpha_next, denoised = _dpmpp_2m_terms(schedule, pred_x0,
+                                                                   prev_pred_x0, t)
+    sigma_next = jnp.sqrt(1.0 - extract(schedule.alphas_cumprod_prev, t, x_t.ndim))
+    one_minus_exp_neg_2h = 1.0 - exp_neg_h ** 2
+    noise = jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_prev = (sigma_ratio * exp_neg_h * x_t + alpha_next * one_minus_exp_neg_2h * denoised
+              + sigma_next * jnp.sqrt(one_minus_exp_neg_2h) * noise)
     return x_prev, pred_x0
 
 
