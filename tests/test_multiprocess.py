@@ -15,7 +15,8 @@ import pytest
 import jax
 
 from conftest import ROOT
-from ddpm_jax import data, evaluation, generate
+from ddpm_jax import data, evaluation, generate, train_lib
+from test_train import make_config
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +76,13 @@ def finish(procs, timeout=400):
 
 
 def test_two_processes_match_one_process_with_as_many_devices(fashion_dir, tmp_path):
-    """2 processes x 2 devices vs 1 process x 4 devices: same global batch, seed and params."""
+    """2 processes x 2 devices (train.py) vs this process on a mesh of 4 devices: same global
+    batch, seed and params."""
     finish(two_processes(training(tmp_path / "multi", fashion_dir)))
-    finish([launch(training(tmp_path / "single", fashion_dir), devices=4)])
+    single = train_lib.train_and_evaluate(make_config(fashion_dir), str(tmp_path / "single"),
+                                          mesh=train_lib.data_mesh(jax.devices()[:4]))
     multi = generate.load_workdir(str(tmp_path / "multi"))
-    single = generate.load_workdir(str(tmp_path / "single"))
-    assert multi.step == single.step == 4
+    assert multi.step == int(single.step) == 4
     for a, b in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
