@@ -125,8 +125,8 @@ def check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) ->
     wanted = config.model.num_classes
     if wanted is not None and wanted != source.num_classes:
         has = "no labels" if source.num_classes is None else f"{source.num_classes} classes"
-        raise ValueError(f"config.model.num_classes={wanted} but dataset "
-                         f"{config.data.name!r} has {has}")
+        raise ValueError(f"config.model.num_classes={wanted} but the {source.description} "
+                         f"has {has}")
 
 
 def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> UNet:

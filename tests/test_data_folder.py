@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import data, evaluation
+from configs import test as test_config
+from ddpm_jax import data, evaluation, train_lib
 from ddpm_jax.data import folder
 from conftest import run_cli
 
@@ -311,6 +312,15 @@ def test_class_names_round_trip_and_labels_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"unknown label 'cats': expected an integer class "
                                          r"label$"):
         data.parse_labels(["cats"], None)
+
+
+def test_num_classes_must_match_the_folder(image_folder, tmp_path):
+    root, _ = image_folder
+    config = test_config.get_config()
+    config.model.num_classes = 4
+    with pytest.raises(ValueError, match=f"^config.model.num_classes=4 but the image folder "
+                                         f"{root} has 3 classes$"):
+        train_lib.check_labels(config, load(root, tmp_path))
 
 
 def test_reference_statistics_of_a_folder(image_folder, tmp_path):

@@ -182,8 +182,8 @@ def test_resume_with_a_changed_training_setup_needs_the_flag(trained_workdir, fa
 def test_num_classes_must_match_the_dataset(fashion_dir, tmp_path):
     config = make_config(fashion_dir)
     config.model.num_classes = 12
-    with pytest.raises(ValueError, match="^config.model.num_classes=12 but dataset "
-                                         "'fashion_mnist' has 10 classes$"):
+    with pytest.raises(ValueError, match="^config.model.num_classes=12 but the tfds dataset "
+                                         "'fashion_mnist' split 'train.*' has 10 classes$"):
         train_lib.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
