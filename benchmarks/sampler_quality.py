@@ -63,9 +63,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str, *, title: str) -> None:
-    """FID against model calls (log x), one line per sampler, drawn with Pillow."""
+    """FID against model calls (log x), one line per sampler and spacing, drawn with Pillow."""
     from PIL import Image, ImageDraw
-    width, height, left, right, top, bottom = 720, 480, 70, 150, 40, 60
+    width, height, left, right, top, bottom = 760, 480, 70, 190, 40, 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     calls = [r["model_calls"] for r in rows]
@@ -89,9 +89,13 @@ def plot(rows: list[dict], path: str, *, title: str) -> None:
         draw.text((8, y - 6), f"{f:.1f}", fill="black")
     draw.text((left + 150, height - 25), "model calls per image (log scale)", fill="black")
     draw.text((8, 12), f"FID   {title}", fill="black")
-    for k, sampler in enumerate(sorted({r["sampler"] for r in rows})):
-        colour = COLOURS.get(sampler, (0, 0, 0))
-        points = sorted((r["model_calls"], r["fid"]) for r in rows if r["sampler"] == sampler)
+    lines = sorted({(r["sampler"], r["spacing"]) for r in rows})
+    for k, (sampler, spacing) in enumerate(lines):
+        # One line per sampler and spacing; a sampler's further spacings in lighter shades.
+        shade = [s for s, _ in lines[:k]].count(sampler)
+        colour = tuple(round(c + (255 - c) * shade / 3) for c in COLOURS.get(sampler, (0, 0, 0)))
+        points = sorted((r["model_calls"], r["fid"]) for r in rows
+                        if (r["sampler"], r["spacing"]) == (sampler, spacing))
         xy = [to_px(c, f) for c, f in points]
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)
@@ -99,7 +103,7 @@ def plot(rows: list[dict], path: str, *, title: str) -> None:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         draw.line([width - right + 15, top + 20 * k + 6, width - right + 35, top + 20 * k + 6],
                   fill=colour, width=3)
-        draw.text((width - right + 40, top + 20 * k), sampler, fill="black")
+        draw.text((width - right + 40, top + 20 * k), f"{sampler} {spacing}", fill="black")
     image.save(path)
 
 

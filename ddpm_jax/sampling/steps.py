@@ -53,11 +53,12 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: ja
     return x_prev, pred_x0
 
 
-def _dpmpp_2m_terms(schedule: Schedule, pred_x0: jax.Array, prev_pred_x0: jax.Array | None,
-                    t: jax.Array) -> tuple[jax.Array, ...]:
-    """sigma_{t-1} / sigma_t, e^{-h}, alpha_{t-1} and DPM-Solver++(2M)'s D' (see
-    ``dpmpp_2m_step``), each broadcastable to ``pred_x0``."""
-    ndim, last = pred_x0.ndim, schedule.num_timesteps - 1
+def _dpmpp_2m_terms(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
+                    prev_pred_x0: jax.Array | None, **kw) -> tuple[jax.Array, ...]:
+    """The x_0 prediction D, sigma_{t-1} / sigma_t, e^{-h}, alpha_{t-1} and DPM-Solver++(2M)'s
+    D' (see ``dpmpp_2m_step``), each broadcastable to ``x_t``."""
+    pred_x0, _ = _x0_and_eps(schedule, model_output, x_t, t, **kw)
+    ndim, last = x_t.ndim, schedule.num_timesteps - 1
     abar = extract(schedule.alphas_cumprod, t, ndim)
     abar_next = extract(schedule.alphas_cumprod_prev, t, ndim)
     sigma_ratio = jnp.sqrt((1.0 - abar_next) / (1.0 - abar))
@@ -71,7 +72,7 @@ def _dpmpp_2m_terms(schedule: Schedule, pred_x0: jax.Array, prev_pred_x0: jax.Ar
         second_order = diffusion.expand_to((jnp.asarray(t) > 0) & (jnp.asarray(t) < last), ndim)
         half_inv_r = jnp.where(second_order, h / (2.0 * h_prev), 0.0)
         denoised = pred_x0 + half_inv_r * (pred_x0 - prev_pred_x0)
-    return sigma_ratio, exp_neg_h, jnp.sqrt(abar_next), denoised
+    return pred_x0, sigma_ratio, exp_neg_h, jnp.sqrt(abar_next), denoised
 
 
 def dpmpp_2m_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
@@ -95,10 +96,9 @@ def dpmpp_2m_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t
     Returns:
       ``(x_prev [B, ...], pred_x0 [B, ...])``; pass ``pred_x0`` to the next step.
     """
-    pred_x0, _ = _x0_and_eps(schedule, model_output, x_t, t, target=target, variance=variance,
-                             clip_x0=clip_x0)
-    sigma_ratio, exp_neg_h, alpha_next, denoised = _dpmpp_2m_terms(schedule, pred_x0,
-                                                                   prev_pred_x0, t)
+    pred_x0, sigma_ratio, exp_neg_h, alpha_next, denoised = _dpmpp_2m_terms(
+        schedule, model_output, x_t, t, prev_pred_x0, target=target, variance=variance,
+        clip_x0=clip_x0)
     x_prev = sigma_ratio * x_t + alpha_next * (1.0 - exp_neg_h) * denoised
     return x_prev, pred_x0
 
@@ -125,10 +125,9 @@ def dpmpp_2m_sde_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Arra
     Returns:
       ``(x_prev [B, ...], pred_x0 [B, ...])``; pass ``pred_x0`` to the next step.
     """
-    pred_x0, _ = _x0_and_eps(schedule, model_output, x_t, t, target=target, variance=variance,
-                             clip_x0=clip_x0)
-    sigma_ratio, exp_neg_h, alpha_next, denoised = _dpmpp_2m_terms(schedule, pred_x0,
-                                                                   prev_pred_x0, t)
+    pred_x0, sigma_ratio, exp_neg_h, alpha_next, denoised = _dpmpp_2m_terms(
+        schedule, model_output, x_t, t, prev_pred_x0, target=target, variance=variance,
+        clip_x0=clip_x0)
     sigma_next = jnp.sqrt(1.0 - extract(schedule.alphas_cumprod_prev, t, x_t.ndim))
     one_minus_exp_neg_2h = 1.0 - exp_neg_h ** 2
     noise = jax.random.normal(key, x_t.shape, x_t.dtype)
