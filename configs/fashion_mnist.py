@@ -4,7 +4,9 @@
 The recipe is the winner of the README's ablation ("The demo's recipe"), each lever measured at a
 fixed step count by FID of 256 samples on classifier features: batch 64 (78 vs 61 images/s at
 batch 32 on XLA:CPU) for 700 steps, Min-SNR-5 loss weighting, fixedsmall sampling variance
-(sigma_t^2 = beta-tilde_t), and ancestral sampling respaced to 250 steps.
+(sigma_t^2 = beta-tilde_t). Sampling: SDE-DPM-Solver++(2M) in 50 steps on log-SNR spacing,
+FID@1000 24.2 against 24.2 for ancestral sampling respaced to 250 steps, at a fifth of the model
+calls (the README's "Quality per model call").
 """
 
 from configs import default
@@ -31,5 +33,7 @@ def get_config():
     config.training.ema_decay = 0.995
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 100
-    config.sampling.num_steps = 250
+    config.sampling.sampler = "dpmpp_2m_sde"
+    config.sampling.num_steps = 50
+    config.sampling.spacing = "logsnr"
     return config

@@ -14,7 +14,9 @@ def get_config():
     # Ho et al.'s plain setup, not the demo's recipe (tests/test_losses.py covers min_snr).
     config.diffusion.variance = "fixedlarge"
     config.diffusion.loss_weighting = "none"
-    config.sampling.num_steps = None  # all T = 20 steps
+    config.sampling.sampler = "ddpm"  # ancestral over all T = 20 steps
+    config.sampling.num_steps = None
+    config.sampling.spacing = "time"
     config.training.batch_size = 8
     config.training.num_steps = 4
     config.training.log_every = 1
