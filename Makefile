@@ -39,7 +39,7 @@ demo: $(VENV)/.installed-test data
 	echo "  images as numpy:         $$out/samples.npz"
 
 test: $(VENV)/.installed-test data
-	$(PY) -m pytest -q --durations=15 || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests"; exit $$rc; }
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests"; exit $$rc; }
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/run.py
