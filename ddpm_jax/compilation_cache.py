@@ -12,7 +12,7 @@ import os
 import jax
 from absl import flags
 
-from ddpm_jax.evaluation.downloads import default_cache_dir
+from ddpm_jax.user_cache import default_cache_dir
 
 _ENABLED = flags.DEFINE_bool(
     "compilation_cache", True, "Keep compiled programs on disk across runs "

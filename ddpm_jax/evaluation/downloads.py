@@ -1,6 +1,6 @@
 """Files fetched once into a cache and verified by SHA-256 (the Inception weights).
 
-    path = downloads.fetch_weights(url, "6726825d", cache_dir=downloads.default_cache_dir())
+    path = downloads.fetch_weights(url, "6726825d", cache_dir=user_cache.default_cache_dir())
 
 A download streams into a temporary file beside its destination, is hashed on the way, and is
 renamed into place only when complete and verified, so the cache never holds a file that looks
@@ -22,12 +22,6 @@ from typing import IO
 from ddpm_jax.atomic_files import atomic_write
 
 _CHUNK = 1 << 20
-
-
-def default_cache_dir() -> pathlib.Path:
-    """``$XDG_CACHE_HOME/ddpm_jax``, or ``~/.cache/ddpm_jax`` when XDG_CACHE_HOME is unset."""
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache",
-                        "ddpm_jax")
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

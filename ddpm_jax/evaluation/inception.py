@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.atomic_files import atomic_write
-from ddpm_jax.evaluation.downloads import default_cache_dir, fetch_weights, file_sha256
+from ddpm_jax.evaluation.downloads import fetch_weights, file_sha256
 from ddpm_jax.evaluation.features import FeatureFunction
 from ddpm_jax.evaluation.inception_net import (  # noqa: F401  (re-exported)
     BN_EPS,
@@ -38,6 +38,7 @@ from ddpm_jax.evaluation.inception_net import (  # noqa: F401  (re-exported)
     to_network_input,
 )
 from ddpm_jax.evaluation.torch_state_dict import read_state_dict
+from ddpm_jax.user_cache import default_cache_dir
 
 # pytorch-fid's FID_WEIGHTS_URL (src/pytorch_fid/inception.py). Its release publishes the first
 # 8 hex digits of the file's SHA-256 in the name (torch.hub's check_hash convention).
@@ -53,7 +54,7 @@ def fetch_pytorch_fid_weights(cache_dir: str | os.PathLike[str] | None = None) -
     """pytorch-fid's Inception weights as an ``.npz`` in the cache, fetched and converted once.
 
     Args:
-      cache_dir: default ``downloads.default_cache_dir()`` ($XDG_CACHE_HOME/ddpm_jax or
+      cache_dir: default ``user_cache.default_cache_dir()`` ($XDG_CACHE_HOME/ddpm_jax or
         ~/.cache/ddpm_jax).
 
     Returns:
