@@ -2,8 +2,10 @@
 every requirement, and the package data the wheel must carry."""
 
 import pathlib
+import subprocess
 import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -45,3 +47,28 @@ def test_pyproject_ships_the_package_data():
     assert pathlib.PurePath("reverse_process.html") in data
     for path in data:
         assert any(path.match(pattern) for pattern in patterns), path
+
+
+def tracked_files():
+    """The files git tracks, or None outside a git checkout (an unpacked sdist)."""
+    try:
+        listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [ROOT / name for name in listing.decode().split("\0") if name]
+
+
+def test_git_tracks_no_large_files_outside_test_data():
+    """Source only in git: no tracked file outside tests/data/ exceeds 1 MB (a tfds data folder
+    and a wheel once slipped in with a refactor), and no wheel or array_record shard at all."""
+    files = tracked_files()
+    if files is None:
+        pytest.skip("not a git checkout")
+    test_data = ROOT / "tests" / "data"
+    large = [f"{p.relative_to(ROOT)} ({p.stat().st_size / 2**20:.1f} MB)" for p in files
+             if p.is_file() and test_data not in p.parents and p.stat().st_size > 2**20]
+    assert not large, f"large files tracked by git (extend .gitignore): {large}"
+    artefacts = [p.relative_to(ROOT) for p in files
+                 if p.suffix == ".whl" or ".array_record-" in p.name]
+    assert not artefacts, f"build or data artefacts tracked by git: {artefacts}"
