@@ -442,20 +442,23 @@ def test_generate_from_your_own_model():
     assert samples.settings["pretrained"] is None and samples.settings["variance"] == "fixedlarge"
 
 
-def test_export_cli_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        pretrained.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert exit_info.value.code == 1
-    assert "is not a training workdir: no config.json" in capsys.readouterr().err
+def test_export_cli_error(tmp_path):
+    result = run_cli("export_pretrained.py", "--workdir", str(tmp_path), "--out",
+                     str(tmp_path / "o"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "export_pretrained.py: error: ") and "is not a training workdir: no config.json" in (
+        result.stderr)
 
 
 @pytest.mark.slow
 def test_export_sample_and_evaluate_with_pretrained(trained_workdir, fashion_dir, tmp_path):
-    """A workdir exported with the command (``python -m ddpm_jax.pretrained export``, run
-    in-process) samples exactly like the workdir through sample.py --pretrained, and
-    evaluate.py --pretrained computes the bound."""
+    """A workdir exported with export_pretrained.py samples exactly like the workdir through
+    sample.py --pretrained, and evaluate.py --pretrained computes the bound."""
     exported = tmp_path / "exported"
-    pretrained.main(["export", "--workdir", str(trained_workdir), "--out", str(exported)])
+    result = run_cli("export_pretrained.py", "--workdir", str(trained_workdir), "--out",
+                     str(exported))
+    assert result.returncode == 0, result.stderr[-3000:]
     trained = generate.load_workdir(str(trained_workdir))
     p = pretrained.load(str(exported))
     jax.tree.map(np.testing.assert_array_equal, p.params, trained.ema_params)
