@@ -1,6 +1,7 @@
 """Two local processes on JAX's distributed runtime (gloo over 127.0.0.1) train, sample and
 evaluate like one."""
 
+import inspect
 import json
 import os
 import random
@@ -149,3 +150,55 @@ def test_killed_peer_fails_fast_and_both_resume(fashion_dir, tmp_path):
     finish(two_processes(training(workdir, fashion_dir,
                                   f"--config.training.num_steps={resumed_from + 2}")))
     assert generate.load_workdir(str(workdir)).step == resumed_from + 2
+
+
+def pixel_moments(images):
+    """A tiny feature network: each image's per-channel mean and std [N, 2C]."""
+    return np.concatenate([images.mean(axis=(1, 2)), images.std(axis=(1, 2))], axis=-1)
+
+
+REFERENCE_DRIVER = '''
+import json
+import numpy as np
+from absl import app, flags
+import jax
+from ddpm_jax import distributed, evaluation
+
+flags.DEFINE_string("cache_dir", None, "each process's cache is <cache_dir>/p<index>/ref.npz")
+flags.DEFINE_string("data_dir", None, "tfds data dir")
+
+
+def main(argv):
+    distributed.initialize_from_flags()
+    reference = evaluation.reference_statistics(
+        evaluation.FeatureFunction("pixel_moments", pixel_moments, batch_size=8),
+        dataset="fashion_mnist", split="test[:16]", data_dir=flags.FLAGS.data_dir,
+        cache=f"{flags.FLAGS.cache_dir}/p{jax.process_index()}/ref.npz")
+    print(json.dumps(reference.mu.tolist()))
+
+
+''' + inspect.getsource(pixel_moments) + "\n\napp.run(main)\n"
+
+
+def test_reference_cache_on_one_host_only_does_not_deadlock(fashion_dir, tmp_path):
+    """Only process 0 has the reference statistics cached (the cache is host-local): every process
+    still takes the same path through load_split's cross-process barrier, and both get the
+    statistics (before the fix process 0 returned its cache hit and process 1 waited at the
+    barrier for hours)."""
+    driver = tmp_path / "reference_driver.py"
+    driver.write_text(REFERENCE_DRIVER)
+    cached = evaluation.reference_statistics(
+        evaluation.FeatureFunction("pixel_moments", pixel_moments, batch_size=8),
+        dataset="fashion_mnist", split="test[:16]", data_dir=str(fashion_dir),
+        cache=str(tmp_path / "p0" / "ref.npz"))
+    assert not (tmp_path / "p1").exists()
+    procs = two_processes([str(driver), f"--cache_dir={tmp_path}", f"--data_dir={fashion_dir}"])
+    try:
+        printed = finish(procs, timeout=90)
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes deadlocked on a cache present on process 0 only")
+    for out in printed:
+        np.testing.assert_allclose(json.loads(out.strip().splitlines()[-1]), cached.mu,
+                                   rtol=1e-6)

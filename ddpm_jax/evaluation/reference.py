@@ -9,6 +9,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ddpm_jax import data
 from ddpm_jax.atomic_files import atomic_write
@@ -47,6 +48,23 @@ class ReferenceStats:
     provenance: dict[str, str | None]
 
 
+def _read_cache(cache: str | None, provenance: dict) -> ReferenceStats | None:
+    """The statistics cached in ``cache`` if it exists with this ``provenance``."""
+    if cache is None or not os.path.isfile(cache):
+        return None
+    with np.load(cache) as f:
+        if json.loads(str(f["provenance"])) != provenance:
+            return None
+        return ReferenceStats(f["mu"], f["sigma"], f["features"], provenance)
+
+
+def _on_every_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 def reference_statistics(extractor: FeatureExtractor, *, dataset: str, split: str,
                          data_dir: str | None = None, cache: str | None = None,
                          batch_size: int = 500, **split_options) -> ReferenceStats:
@@ -55,7 +73,9 @@ def reference_statistics(extractor: FeatureExtractor, *, dataset: str, split: st
     ``split_options`` are ``data.load_split``'s other arguments (``image_size``; a folder's
     ``path``, ``channels``, ...). A cache whose provenance (dataset, split, data dir as an
     absolute path, the options given but ``cache_dir``, feature network name) differs is
-    recomputed and overwritten (by process 0, atomically).
+    recomputed and overwritten (by process 0, atomically). With several processes every process
+    calls it, and the cache is used only when every process finds it (each host reads its own
+    file); otherwise all of them recompute the statistics together.
     """
     # Where a prepared folder is kept does not change its images.
     given = {key: os.path.abspath(value) if key == "path" else value
@@ -64,10 +84,11 @@ def reference_statistics(extractor: FeatureExtractor, *, dataset: str, split: st
     provenance = {"dataset": dataset, "split": split,
                   "data_dir": None if data_dir is None else os.path.abspath(data_dir),
                   **given, "feature_network": extractor.name}
-    if cache is not None and os.path.isfile(cache):
-        with np.load(cache) as f:
-            if json.loads(str(f["provenance"])) == provenance:
-                return ReferenceStats(f["mu"], f["sigma"], f["features"], provenance)
+    cached = _read_cache(cache, provenance)
+    # The cache is host-local (only process 0 writes it) and load_split holds a cross-process
+    # barrier: every process must take the same path, so a hit counts only if all processes hit.
+    if _on_every_process(cached is not None):
+        return cached
     source = data.load_split(dataset, split, data_dir=data_dir, **split_options)
     features = split_features(extractor, source, batch_size=batch_size)
     mu, sigma = feature_statistics(features)
