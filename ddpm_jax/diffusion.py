@@ -30,6 +30,26 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
 
 
+def check_labels(labels: jax.Array, *, num_labels: int | None, batch: int | None = None,
+                 what: str = "labels") -> None:
+    """Raises a one-line ValueError unless ``labels`` is an integer array [B] (B = ``batch`` when
+    given) with values in [0, num_labels) (in [0, inf) for None). The shape and dtype are always
+    checked; the values only when concrete, not when traced under ``jit``."""
+    shape, dtype = jnp.shape(labels), jnp.result_type(labels)
+    if len(shape) != 1 or (batch is not None and shape[0] != batch):
+        expected = "[B]" if batch is None else f"[B] = [{batch}]"
+        raise ValueError(f"{what} must have shape {expected}, got shape {shape}")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{what} must be integers, got dtype {dtype}")
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    bad = values[(values < 0) | (values >= (np.inf if num_labels is None else num_labels))]
+    if bad.size:
+        expected = "[0, inf)" if num_labels is None else f"[0, {num_labels - 1}]"
+        raise ValueError(f"{what} hold {int(bad[0])}, outside {expected}")
+
+
 def expand_to(a: jax.Array, ndim: int) -> jax.Array:
     """Appends singleton axes so per-example ``a`` [B] broadcasts against rank ``ndim``."""
     return a.reshape(a.shape + (1,) * (ndim - a.ndim))

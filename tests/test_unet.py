@@ -121,3 +121,29 @@ def test_timesteps_must_be_one_per_image():
         with pytest.raises(ValueError, match=r"UNet expects timesteps t of shape \[B\] = \[2\], "
                                              rf"got shape {re.escape(str(t.shape))}"):
             model.init(jax.random.key(0), x, t)
+
+
+def test_labels_are_checked_with_one_line_errors():
+    """The label array's shape always; its values whenever concrete (outside jit)."""
+    model = UNet(**TINY, num_classes=3)
+    labels = jnp.zeros((2,), jnp.int32)
+    params = _random_params(model, (2, 8, 8, 1), labels)
+    x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32)
+    apply = lambda y: model.apply(params, x, t, jnp.asarray(y))
+    assert np.all(np.isfinite(apply([0, 3])))  # 3 = num_classes: the null label
+    for y, message in (([5, 0], r"labels hold 5, outside \[0, 3\]"),
+                       ([-1, 0], r"labels hold -1, outside \[0, 3\]"),
+                       ([0, 1, 2], r"labels must have shape \[B\] = \[2\], got shape \(3,\)"),
+                       ([[0], [1]], r"labels must have shape \[B\] = \[2\], got shape \(2, 1\)"),
+                       ([0.0, 1.0], "labels must be integers, got dtype float32")):
+        with pytest.raises(ValueError, match=message):
+            apply(y)
+    with pytest.raises(ValueError, match=r"labels must have shape \[B\] = \[2\]"):  # under jit too
+        jax.jit(apply)(jnp.array([0, 1, 2]))
+    # Under jit the values are traced: documented, not checked (a label past the table is NaN).
+    assert np.all(np.isnan(jax.jit(apply)(jnp.array([5, 5]))))
+    without_null = UNet(**TINY, num_classes=3, has_null_label=False)
+    params = _random_params(without_null, (2, 8, 8, 1), labels)
+    assert params["params"]["label_emb"]["embedding"].shape[0] == 3
+    with pytest.raises(ValueError, match=r"labels hold 3, outside \[0, 2\]"):
+        without_null.apply(params, x, t, jnp.array([0, 3]))

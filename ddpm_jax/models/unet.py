@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.diffusion import check_labels
 from ddpm_jax.models.layers import (
     AttnBlock, Downsample, GroupNormSwish, ResBlock, Upsample, conv3x3, default_init,
     timestep_embedding, zero_init)
@@ -26,7 +27,11 @@ class UNet(nn.Module):
       num_groups: GroupNorm groups (32 in Ho et al.).
       out_channels: output channels; ``None`` means the input's (use 2x for a learned variance).
       num_classes: ``None`` for an unconditional model; otherwise labels in [0, num_classes)
-        are embedded, and label ``num_classes`` is the "null" label of classifier-free guidance.
+        are embedded, and (with ``has_null_label``) label ``num_classes`` is the "null" label of
+        classifier-free guidance.
+      has_null_label: whether the label embedding has the extra null row (our conditional
+        models do; a diffusers class-conditional model without our convention does not, and
+        cannot be guided).
       resample_with_conv: strided conv / conv after upsampling (Ho et al.), else pooling / none.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters and the output stay float32.
       flip_sin_to_cos, freq_shift: the timestep embedding's conventions (see
@@ -42,6 +47,7 @@ class UNet(nn.Module):
     num_groups: int = 32
     out_channels: int | None = None
     num_classes: int | None = None
+    has_null_label: bool = True
     resample_with_conv: bool = True
     dtype: jnp.dtype = jnp.float32
     flip_sin_to_cos: bool = False
@@ -66,6 +72,13 @@ class UNet(nn.Module):
         if (labels is None) != (self.num_classes is None):
             raise ValueError(f"labels must be given exactly when num_classes is set "
                              f"(num_classes={self.num_classes}, labels given: {labels is not None})")
+        if labels is not None:
+            check_labels(labels, num_labels=self.num_labels, batch=x.shape[0])
+
+    @property
+    def num_labels(self) -> int | None:
+        """Rows of the label embedding: ``num_classes``, plus one with ``has_null_label``."""
+        return None if self.num_classes is None else self.num_classes + self.has_null_label
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, *,
@@ -75,7 +88,11 @@ class UNet(nn.Module):
         Args:
           x: [B, H, W, C] noisy images.
           t: [B] integer timesteps.
-          labels: [B] class labels in [0, num_classes] (num_classes = null), conditional only.
+          labels: [B] int class labels in [0, num_classes) and, with ``has_null_label``,
+            num_classes (null), conditional only. The shape is always checked, the values
+            when concrete; under ``jit`` they are traced and cannot be: a label past the
+            embedding then gives NaN outputs and a negative one wraps around (-1 is the last
+            row), so check them before jitting (``generate`` does).
           train: enables dropout.
 
         Returns:
@@ -92,7 +109,7 @@ class UNet(nn.Module):
         emb = nn.Dense(4 * ch, dtype=dtype, kernel_init=default_init,
                        name="temb_dense1")(nn.swish(emb))
         if self.num_classes is not None:
-            emb = emb + nn.Embed(self.num_classes + 1, 4 * ch, dtype=dtype,
+            emb = emb + nn.Embed(self.num_labels, 4 * ch, dtype=dtype,
                                  name="label_emb")(labels)
 
         hs = [conv3x3(ch, dtype=dtype, name="conv_in")(x.astype(dtype))]
