@@ -70,7 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampling = ml_collections.ConfigDict()  # previews and sample.py's defaults
     config.sampling.sampler = "ddpm"  # ddpm | ddim | dpmpp_2m | dpmpp_2m_sde | heun
     config.sampling.num_steps = ml_collections.config_dict.placeholder(int)  # None: all T
-    config.sampling.spacing = "time"  # time | logsnr | karras (logsnr suits dpmpp_2m*)
+    # time | logsnr | karras; None: the sampler's recommendation (sampling.default_spacing:
+    # logsnr for dpmpp_2m*, karras for heun, time for ddpm / ddim)
+    config.sampling.spacing = ml_collections.config_dict.placeholder(str)
     config.sampling.eta = 0.0  # ddim only
     config.sampling.clip_x0 = True  # images in [-1, 1]; False for unbounded data
     return config

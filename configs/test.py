@@ -16,7 +16,6 @@ def get_config():
     config.diffusion.loss_weighting = "none"
     config.sampling.sampler = "ddpm"  # ancestral over all T = 20 steps
     config.sampling.num_steps = None
-    config.sampling.spacing = "time"
     config.training.batch_size = 8
     config.training.num_steps = 4
     config.training.log_every = 1

@@ -223,6 +223,21 @@ def test_trajectory_of_the_ode_samplers(sampler):
     np.testing.assert_allclose(x0, traj.pred_x0[-1], atol=1e-5)
 
 
+@pytest.mark.parametrize("sampler,expected", [
+    ("ddpm", "time"), ("ddim", "time"), ("dpmpp_2m", "logsnr"), ("dpmpp_2m_sde", "logsnr"),
+    ("heun", "karras")])
+def test_each_sampler_defaults_to_its_recommended_spacing(sampler, expected):
+    """spacing=None (the default) visits the timesteps of the sampler's own recommendation."""
+    s, f = _small_setup()
+    assert d.sampling.default_spacing(sampler) == expected
+    _, traj = d.sample(f, s, jax.random.key(0), (1, 2), sampler=sampler, num_steps=10,
+                       trajectory_every=1)
+    np.testing.assert_array_equal(
+        traj.timesteps, np.asarray(d.sampling_timesteps(s, 10, spacing=expected))[::-1])
+    with pytest.raises(ValueError, match="unknown sampler 'dpm'"):
+        d.sampling.default_spacing("dpm")
+
+
 @pytest.mark.parametrize("sampler", d.sampling.SAMPLERS)
 def test_program_size_does_not_grow_with_steps(sampler):
     """The schedule is an argument, so the HLO is the same text for 10 and 1000 steps up to the
@@ -252,6 +267,49 @@ def test_classifier_free_guidance():
     for scale, expected in [(1.0, [2, 4]), (0.0, [10, 10]), (2.0, [-6, -2])]:
         out = d.classifier_free_guidance(cond, y, null_label=10, guidance_scale=scale)(x, t)
         np.testing.assert_allclose(out[:, 0], expected)
+
+
+def test_guidance_runs_only_the_passes_its_scale_needs():
+    """A Python scale of 1 calls the model once on the labels, 0 once on the null label; any other
+    scale, or a traced one, makes one call on both halves (counted at trace time)."""
+    calls = []
+    def cond(x, t, y):
+        calls.append(np.asarray(y).tolist() if not isinstance(y, jax.core.Tracer) else len(y))
+        return x * 0 + y[:, None].astype(jnp.float32)
+    x, t, y = jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), jnp.array([2, 4])
+    for scale, expected in [(1.0, [[2, 4]]), (0.0, [[10, 10]]), (1, [[2, 4]]),
+                            (2.0, [[2, 4, 10, 10]])]:
+        calls.clear()
+        d.classifier_free_guidance(cond, y, null_label=10, guidance_scale=scale)(x, t)
+        assert calls == expected, scale
+    calls.clear()
+    traced = jax.jit(lambda s: d.classifier_free_guidance(cond, y, null_label=10,
+                                                          guidance_scale=s)(x, t))
+    np.testing.assert_allclose(traced(1.0)[:, 0], [2, 4])
+    assert calls == [4]  # both halves in one call of batch 2 B
+    calls.clear()
+    s, _ = _small_setup()
+    sample_fn = lambda y: d.classifier_free_guidance(cond, y, null_label=10, guidance_scale=1.0)
+    jax.jit(lambda y: d.sample(sample_fn(y), s, jax.random.key(0), (2, 3), sampler="ddim",
+                               num_steps=5))(y)
+    assert calls == [2]  # one traced pass of batch B inside the scan
+
+
+def test_guidance_checks_labels():
+    cond = lambda x, t, y: x * 0 + y[:, None].astype(jnp.float32)
+    x, t = jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32)
+    guided = lambda y, **kw: d.classifier_free_guidance(
+        cond, jnp.asarray(y), **{"null_label": 10, "guidance_scale": 2.0, **kw})(x, t)
+    for y, message in (([11, 0], r"labels hold 11, outside \[0, 10\]"),
+                       ([-1, 0], r"labels hold -1, outside \[0, 10\]"),
+                       ([1, 2, 3], r"labels must have shape \[B\] = \[2\], got shape \(3,\)")):
+        with pytest.raises(ValueError, match=message):
+            guided(y)
+    np.testing.assert_allclose(guided([1, 2], null_label=None, guidance_scale=1.0)[:, 0], [1, 2])
+    for scale in (0.0, 3.0, jnp.float32(1.0)):
+        with pytest.raises(ValueError, match=f"guidance_scale={scale} needs a model with a null "
+                                             "label"):
+            guided([1, 2], null_label=None, guidance_scale=scale)
 
 
 def test_bad_inputs():
