@@ -2,8 +2,9 @@
 python export_pretrained.py --workdir runs/fmnist --out runs/fmnist/diffusers
 
 Writes config.json, diffusion_pytorch_model.safetensors and scheduler_config.json (the EMA
-parameters by default); sample.py and evaluate.py read the directory with --pretrained, and
-diffusers with UNet2DModel.from_pretrained / DDPMScheduler.from_pretrained.
+parameters by default), and the run's class names (labels.json) when it has them. sample.py and
+evaluate.py read the directory with --pretrained, diffusers with UNet2DModel.from_pretrained /
+DDPMScheduler.from_pretrained.
 """
 
 import sys
@@ -14,7 +15,7 @@ xla_setup.configure()
 
 from absl import app, flags, logging  # noqa: E402
 
-from ddpm_jax import generate, pretrained  # noqa: E402
+from ddpm_jax import data, generate, pretrained  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (train.py --workdir).")
@@ -35,6 +36,9 @@ def main(argv):
                         trained.schedule, image_shape=trained.image_shape,
                         variance=config.diffusion.variance, target=config.diffusion.target,
                         clip_x0=config.sampling.clip_x0)
+        class_names = data.read_class_names(FLAGS.workdir)
+        if class_names is not None:  # sample.py --pretrained --labels=<name> reads them
+            data.write_class_names(FLAGS.out, class_names)
     except (ValueError, OSError) as e:  # OSError: files, unreadable checkpoints
         sys.exit(f"export_pretrained.py: error: {e}")
     print(FLAGS.out)

@@ -30,13 +30,15 @@ flags.DEFINE_enum("params", "ema", list(generate.PARAMS), "EMA or raw parameters
 flags.DEFINE_integer("batch_size", None, "Images per sampler call (default: all).", lower_bound=1)
 flags.DEFINE_string("sampler", None, f"One of {list(sampling.SAMPLERS)} (default: the config's).")
 flags.DEFINE_integer("num_steps", None, "Sampling steps (default: all T).")
-flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the config's).")
+flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the config's, "
+                    "else the sampler's recommendation, sampling.default_spacing).")
 flags.DEFINE_float("eta", None, "DDIM eta in [0, 1] (0: deterministic).", lower_bound=0.0,
                    upper_bound=1.0)
 flags.DEFINE_string("variance", None, "fixedlarge or fixedsmall (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (conditional models).")
 flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (conditional models): "
-                  "numbers, or names from <workdir>/labels.json (e.g. --labels=cats,dogs).")
+                  "numbers, or names from labels.json in --workdir or a --pretrained directory "
+                  "(e.g. --labels=cats,dogs).")
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
 flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.", lower_bound=1)
 flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.", lower_bound=1)
@@ -56,7 +58,8 @@ def main(argv):
     out = FLAGS.out or os.fspath(checkpointing.as_path(FLAGS.workdir) / "samples")
     try:
         source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir
-        class_names = data.read_class_names(FLAGS.workdir) if FLAGS.workdir else None
+        # A run's class names, or an exported run's (export_pretrained.py carries labels.json).
+        class_names = data.read_class_names(FLAGS.workdir or FLAGS.pretrained)
         result = generate.generate(
             source, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
             params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,

@@ -49,14 +49,19 @@ class Trained:
         return self.ema_params if params == "ema" else self.params
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config of a training workdir (its config.json)."""
+    config_path = as_path(workdir) / train_lib.CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{os.fspath(as_path(workdir))!r} is not a training workdir: no "
+                                f"config.json (train there first with train.py --workdir)")
+    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
 def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
+    config = load_config(workdir)
     workdir = as_path(workdir)
-    config_path = workdir / train_lib.CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{os.fspath(workdir)!r} is not a training workdir: no "
-                                f"config.json (train there first with train.py --workdir)")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
@@ -77,7 +82,8 @@ def as_trained(model: Pretrained) -> Trained:
     config = ml_collections.ConfigDict(dict(
         data=dict(name=None, data_dir=None),
         diffusion=dict(target=model.target, variance=model.variance),
-        sampling=dict(sampler="ddpm", num_steps=None, eta=0.0, clip_x0=model.clip_x0)))
+        sampling=dict(sampler="ddpm", num_steps=None, spacing=None, eta=0.0,
+                      clip_x0=model.clip_x0)))
     return Trained(config, model.image_shape, model.model, model.schedule, None, model.params,
                    model.params)
 
@@ -115,12 +121,15 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
       params: ``'ema'`` (default) or ``'raw'`` parameters.
       batch_size: images per sampler call (default: all at once, rounded up to a multiple of
         the mesh size); a multiple of the mesh size.
-      sampler, num_steps, spacing, eta: override the run's ``config.sampling``.
+      sampler, num_steps, spacing, eta: override the run's ``config.sampling`` (a spacing of
+        None in both is the sampler's recommendation, ``sampling.default_spacing``).
       variance: ``'fixedlarge'`` / ``'fixedsmall'`` (default: the training config's).
       guidance_scale: classifier-free guidance scale for conditional models (default 1; 0 is
-        unconditional).
-      labels: class labels in [0, num_classes] for conditional models (num_classes itself is the
-        null label: unconditional), cycled over the samples (default 0, 1, ...).
+        unconditional). 1 and 0 run one model pass per step, other scales two. A model without
+        a null label (``UNet.has_null_label``) allows only 1.
+      labels: class labels in [0, num_classes) for conditional models, and num_classes itself
+        (the null label: unconditional) when the model has one; cycled over the samples
+        (default 0, 1, ..., num_classes - 1).
       trajectory_every: also record the reverse process of the first batch every k steps.
       progress: show a progress bar over timesteps.
       mesh: a mesh with a ``data`` axis (default: every device of every process). The images do
@@ -142,19 +151,28 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
                          f"count {mesh.size}")
     s = train_lib.sampling_settings(config, sampler=sampler, num_steps=num_steps,
                                     spacing=spacing, eta=eta, variance=variance)
+    if s["spacing"] is None:  # recorded in the settings as the spacing actually used
+        s["spacing"] = sampling.default_spacing(s["sampler"])
     # Validates num_steps before any work; the progress bar counts these steps.
     steps = len(sampling.sampling_timesteps(trained.schedule, s["num_steps"],
                                             spacing=s["spacing"]))
     image_shape = trained.image_shape
     num_batches = math.ceil(num_samples / batch_size)
-    all_labels = None
+    all_labels, scale = None, None
     if model.num_classes is not None:
         cycle = labels or list(range(model.num_classes))
-        bad = [y for y in cycle if not 0 <= y <= model.num_classes]
+        bad = [y for y in cycle if not 0 <= y < model.num_labels]
         if bad:
-            raise ValueError(f"label {bad[0]} is outside [0, {model.num_classes}] (the classes, "
-                             f"and {model.num_classes} for unconditional samples)")
+            null = (f", and {model.num_classes} for unconditional samples"
+                    if model.has_null_label else "; the model has no null label")
+            raise ValueError(f"label {bad[0]} is outside [0, {model.num_labels - 1}] (the "
+                             f"classes{null})")
         all_labels = np.resize(np.asarray(cycle, np.int32), num_batches * batch_size)
+        scale = 1.0 if guidance_scale is None else float(guidance_scale)
+        if scale != 1.0 and not model.has_null_label:
+            raise ValueError(f"guidance_scale={scale} needs a model with a null label; this "
+                             "one has none (a diffusers class-conditional model not exported by "
+                             "ddpm_jax), so only guidance_scale=1 is possible")
     elif labels or guidance_scale is not None:
         raise ValueError("labels and guidance_scale need a class-conditional model "
                          "(config.model.num_classes is None)")
@@ -169,8 +187,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         else:
             denoise_fn = sampling.classifier_free_guidance(
                 lambda x, t, y: model.apply({"params": p}, x, t, y), batch_labels,
-                null_label=model.num_classes,
-                guidance_scale=1.0 if guidance_scale is None else guidance_scale)
+                null_label=model.num_classes if model.has_null_label else None,
+                guidance_scale=scale)
         sharded_fn = lambda x, t: denoise_fn(jax.lax.with_sharding_constraint(x, sharded), t)
         return sampling.sample(
             sharded_fn, trained.schedule, key, (batch_size, *image_shape), **s,
@@ -181,20 +199,20 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     gather = lambda tree: multihost_utils.process_allgather(tree, tiled=True)
     outputs, trajectory = [], None
     base_key = jax.random.key(seed)
-    for b in range(num_batches):
-        batch_labels = None if all_labels is None else jax.make_array_from_process_local_data(
-            NamedSharding(mesh, P()), all_labels[b * batch_size:(b + 1) * batch_size])
-        out = run_jit(chosen, jax.random.fold_in(base_key, b), batch_labels,
-                      b == 0 and trajectory_every is not None)
-        if isinstance(out, tuple):
-            out, trajectory = out
-            trajectory = gather(trajectory)
-        outputs.append(gather(out))
-    bar.close()
+    with bar:  # closed (ending its line) before an error's message is printed
+        for b in range(num_batches):
+            batch_labels = None if all_labels is None else jax.make_array_from_process_local_data(
+                NamedSharding(mesh, P()), all_labels[b * batch_size:(b + 1) * batch_size])
+            out = run_jit(chosen, jax.random.fold_in(base_key, b), batch_labels,
+                          b == 0 and trajectory_every is not None)
+            if isinstance(out, tuple):
+                out, trajectory = out
+                trajectory = gather(trajectory)
+            outputs.append(gather(out))
     images = np.concatenate(outputs)[:num_samples]
     settings = dict(workdir=os.fspath(as_path(workdir)) if isinstance(workdir, str) else None,
                     step=trained.step, seed=seed, num_samples=num_samples, params=params,
-                    batch_size=batch_size, guidance_scale=guidance_scale,
+                    batch_size=batch_size, guidance_scale=scale,
                     labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
     if isinstance(workdir, Pretrained):
         settings["pretrained"] = workdir.source

@@ -1,6 +1,7 @@
 """sample.py and ddpm_jax.generate on a checkpoint made by the tiny config in this session."""
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -130,3 +131,29 @@ def test_guidance_scale_zero_is_unconditional_and_labels_are_checked(conditional
     assert not np.allclose(apply([0, 1]), apply([3, 3]), atol=1e-3)  # labels do matter
     with pytest.raises(ValueError, match=r"label 7 is outside \[0, 3\]"):
         generate.generate(conditional, num_samples=2, labels=[1, 7])
+
+
+def test_settings_record_the_spacing_and_guidance_scale_used(trained, conditional):
+    """spacing None (configs/test.py's) is the sampler's recommendation, recorded as used; a
+    conditional model's default guidance scale is recorded as 1.0."""
+    recommended = generate.generate(trained, num_samples=8, sampler="dpmpp_2m", num_steps=5)
+    assert recommended.settings["spacing"] == "logsnr"
+    assert recommended.settings["guidance_scale"] is None  # unconditional: no guidance at all
+    chosen = generate.generate(trained, num_samples=8, sampler="dpmpp_2m", num_steps=5,
+                               spacing="time")
+    assert chosen.settings["spacing"] == "time"
+    assert not np.allclose(chosen.images, recommended.images, atol=1e-3)
+    conditional_samples = generate.generate(conditional, num_samples=8, sampler="ddim",
+                                            num_steps=2)
+    assert conditional_samples.settings["guidance_scale"] == 1.0
+    assert conditional_samples.settings["labels"] == [0, 1, 2, 0, 1, 2, 0, 1]
+
+
+def test_progress_bar_ends_its_line_before_an_error(conditional, capsys):
+    """An error raised while sampling (here the U-Net refusing 7x7 images) finds the progress
+    bar closed, so the CLIs' one-line error starts on a line of its own."""
+    bad = dataclasses.replace(conditional, image_shape=(7, 7, 1))
+    with pytest.raises(ValueError, match="image size 7x7 is not divisible by 2"):
+        generate.generate(bad, num_samples=8, sampler="ddim", num_steps=2, progress=True)
+    err = capsys.readouterr().err
+    assert "sample:" in err and err.endswith("\n")

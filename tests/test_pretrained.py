@@ -196,6 +196,39 @@ def test_save_load_round_trip(name, tmp_path):
         assert scheduler["beta_schedule"] == expected
 
 
+def test_class_embeddings_without_our_null_label_are_all_classes(tmp_path):
+    """Our export records that its last class embedding is the null label; a diffusers config
+    without that key (any class-conditional model diffusers wrote) maps N embeddings to N classes:
+    generate's default labels cycle over all N, and guidance is refused with one line."""
+    model, image_shape, schedule, defaults = _case("conditional_learned_cosine")
+    params = _random_params(model, image_shape)
+    ours_dir, foreign_dir = tmp_path / "ours", tmp_path / "foreign"
+    pretrained.save(str(ours_dir), model, params, schedule, image_shape=image_shape, **defaults)
+    config = json.loads((ours_dir / pretrained.CONFIG_NAME).read_text())
+    assert config["num_class_embeds"] == 4 and config[pretrained.NULL_LABEL_KEY] is True
+    ours = pretrained.load(str(ours_dir))
+    assert ours.model.num_classes == 3 and ours.model.has_null_label
+    shutil.copytree(ours_dir, foreign_dir)
+    del config[pretrained.NULL_LABEL_KEY]
+    (foreign_dir / pretrained.CONFIG_NAME).write_text(json.dumps(config))
+    foreign = pretrained.load(str(foreign_dir))
+    assert foreign.model.num_classes == 4 and not foreign.model.has_null_label
+    jax.tree.map(np.testing.assert_array_equal, foreign.params, params)
+    samples = generate.generate(foreign, num_samples=8, sampler="ddim", num_steps=2)
+    assert samples.settings["labels"] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert samples.settings["guidance_scale"] == 1.0 and np.all(np.isfinite(samples.images))
+    with pytest.raises(ValueError, match="guidance_scale=2.0 needs a model with a null label"):
+        generate.generate(foreign, num_samples=2, guidance_scale=2.0)
+    with pytest.raises(ValueError, match=r"label 4 is outside \[0, 3\] \(the classes; the "
+                                         "model has no null label\)"):
+        generate.generate(foreign, num_samples=2, labels=[4])
+    again = tmp_path / "again"  # and it is saved back without a null label
+    pretrained.save(str(again), foreign.model, foreign.params, foreign.schedule,
+                    image_shape=image_shape, **defaults)
+    config = json.loads((again / pretrained.CONFIG_NAME).read_text())
+    assert config["num_class_embeds"] == 4 and config[pretrained.NULL_LABEL_KEY] is False
+
+
 def test_released_fixture_round_trip(tmp_path):
     """A diffusers-written directory saved again reads back the same, configs included."""
     p = pretrained.load(str(TINY))
@@ -459,6 +492,8 @@ def test_export_sample_and_evaluate_with_pretrained(trained_workdir, fashion_dir
     result = run_cli("export_pretrained.py", "--workdir", str(trained_workdir), "--out",
                      str(exported))
     assert result.returncode == 0, result.stderr[-3000:]
+    names = (trained_workdir / "labels.json").read_text()  # Fashion-MNIST's class names
+    assert (exported / "labels.json").read_text() == names  # carried into the export
     trained = generate.load_workdir(str(trained_workdir))
     p = pretrained.load(str(exported))
     jax.tree.map(np.testing.assert_array_equal, p.params, trained.ema_params)

@@ -15,6 +15,7 @@ Export a training workdir (its EMA parameters by default) for diffusers with the
 
 from ddpm_jax.pretrained.config_mapping import (
     CONFIG_NAME,
+    NULL_LABEL_KEY,
     SCHEDULER_DEFAULTS,
     SCHEDULER_NAME,
     TARGET_FROM_DIFFUSERS,

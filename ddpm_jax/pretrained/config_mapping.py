@@ -17,6 +17,10 @@ from ddpm_jax.schedules import Schedule, schedule_from_betas
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 SCHEDULER_NAME = "scheduler_config.json"
+# Our exports of class-conditional models record that their last class embedding is the null
+# label of classifier-free guidance (diffusers ignores config keys starting with '_'). Without
+# it, num_class_embeds = N means N real classes and no null label.
+NULL_LABEL_KEY = "_ddpm_jax_null_label"
 
 # UNet2DModel.__init__'s defaults (diffusers 0.42.1, models/unets/unet_2d.py): a field missing
 # from config.json means this value. Fields outside this table are ignored, as diffusers does.
@@ -110,12 +114,17 @@ def unet_from_config(config: dict[str, Any]) -> tuple[UNet, tuple[int, int, int]
         raise _unsupported(f"{CONFIG_NAME} field time_embedding_dim", c["time_embedding_dim"],
                            f"null or 4 * block_out_channels[0] = {4 * base}")
     num_class_embeds = c["num_class_embeds"]
+    null_label = num_class_embeds is not None and bool(config.get(NULL_LABEL_KEY, False))
+    if null_label and num_class_embeds < 2:
+        raise ValueError(f"{CONFIG_NAME}: num_class_embeds={num_class_embeds} with "
+                         f"{NULL_LABEL_KEY}=true leaves no class; expected at least 2")
     model = UNet(
         base_channels=base, channel_mults=tuple(ch // base for ch in channels),
         num_res_blocks=c["layers_per_block"],
         attn_resolutions=tuple(height // 2 ** i for i in attn_levels), dropout=c["dropout"],
         num_groups=c["norm_num_groups"], out_channels=c["out_channels"],
-        num_classes=None if num_class_embeds is None else num_class_embeds - 1,
+        num_classes=None if num_class_embeds is None else num_class_embeds - null_label,
+        has_null_label=null_label or num_class_embeds is None,
         resample_with_conv=True, flip_sin_to_cos=bool(c["flip_sin_to_cos"]),
         freq_shift=float(c["freq_shift"]))
     return model, (height, width, c["in_channels"])
@@ -143,8 +152,8 @@ def unet_config(model: UNet, image_shape: tuple[int, int, int]) -> dict[str, Any
         downsample_type="conv", upsample_type="conv", dropout=model.dropout, act_fn="silu",
         attention_head_dim=None, norm_num_groups=model.num_groups, attn_norm_num_groups=None,
         norm_eps=1e-6, resnet_time_scale_shift="default", add_attention=True,
-        class_embed_type=None,
-        num_class_embeds=None if model.num_classes is None else model.num_classes + 1)
+        class_embed_type=None, num_class_embeds=model.num_labels,
+        **({} if model.num_classes is None else {NULL_LABEL_KEY: model.has_null_label}))
 
 
 def diffusers_betas(kind: str, num_timesteps: int, *, beta_start: float,
