@@ -70,10 +70,12 @@ flags.DEFINE_integer("sample_batch_size", 256, "Images per sampler call, a multi
                      "device count.")
 flags.DEFINE_string("sampler", None, f"One of {list(sampling.SAMPLERS)} (default: the run's).")
 flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config).")
-flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the run's).")
+flags.DEFINE_string("spacing", None, f"One of {list(sampling.SPACINGS)} (default: the run's, "
+                    "else the sampler's recommendation, sampling.default_spacing).")
 flags.DEFINE_float("eta", None, "DDIM eta in [0, 1] (default: the run's config).",
                    lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_string("reference_split", "test", "Real images the samples are compared with.")
+flags.DEFINE_string("reference_split", None, "Real images the samples are compared with "
+                    "(default: test; train of a folder, which has no other split).")
 flags.DEFINE_string("floor_split", "train", "Real images compared with the reference for floor.")
 flags.DEFINE_string("reference_cache", None,
                     "Reference statistics .npz (default: beside the classifier or Inception "
@@ -90,8 +92,10 @@ flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size.")
 flags.DEFINE_bool("train_classifier", False, "Train the feature classifier and save it.")
 flags.DEFINE_integer("classifier_steps", 1000, "Classifier training steps.")
 flags.DEFINE_integer("classifier_batch_size", 128, "Classifier batch size.")
-flags.DEFINE_string("classifier_train_split", "train", "Classifier training split.")
-flags.DEFINE_string("classifier_test_split", "test", "Split for the classifier's accuracy.")
+flags.DEFINE_string("classifier_train_split", None, "Classifier training split (default: train; "
+                    "train[:90%] of a folder).")
+flags.DEFINE_string("classifier_test_split", None, "Split for the classifier's accuracy (default: "
+                    "test; train[90%:] of a folder).")
 
 
 def _timed(fn, *args, **kwargs) -> dict:
@@ -100,19 +104,43 @@ def _timed(fn, *args, **kwargs) -> dict:
     return {**result, "wall_s": round(time.perf_counter() - start, 1)}
 
 
+def _dataset(config) -> tuple[str, str | None, dict]:
+    """(dataset, data dir, ``load_split``'s other options): --dataset / --data_dir, else the
+    run's (``config``, None without a run). The run's own dataset is read as it trained on it
+    (image size; a folder's path and settings); another --dataset as the dataset comes."""
+    dataset = FLAGS.dataset or (config.data.name if config else None)
+    if not dataset:
+        raise ValueError("--dataset is needed without --workdir (a pretrained model does not "
+                         "name its dataset)")
+    data_dir = FLAGS.data_dir or (config.data.data_dir if config else None)
+    own_data = config is not None and dataset == config.data.name
+    return dataset, data_dir, train_lib.split_options(config) if own_data else {}
+
+
+def _split(value: str | None, dataset: str, *, tfds: str, folder: str) -> str:
+    """A split flag's value, or its default: ``tfds`` for a tfds dataset, ``folder`` for an
+    image folder (which has only 'train')."""
+    return value or (folder if dataset == data.FOLDER else tfds)
+
+
 def train_classifier() -> dict:
-    """Trains and saves the classifier; returns its info."""
-    if not (FLAGS.dataset and FLAGS.classifier):
-        raise ValueError("--train_classifier needs --dataset and --classifier (the output file)")
-    load = lambda split: data.load_split(FLAGS.dataset, split, data_dir=FLAGS.data_dir)
-    train, test = load(FLAGS.classifier_train_split), load(FLAGS.classifier_test_split)
+    """Trains and saves the classifier on --dataset or the --workdir run's own data; returns its
+    info."""
+    if not (FLAGS.dataset or FLAGS.workdir) or not FLAGS.classifier:
+        raise ValueError("--train_classifier needs --dataset or --workdir (a run: its own data, "
+                         "e.g. a labelled folder) and --classifier (the output file)")
+    dataset, data_dir, split_options = _dataset(
+        generate.load_config(FLAGS.workdir) if FLAGS.workdir else None)
+    splits = (_split(FLAGS.classifier_train_split, dataset, tfds="train", folder="train[:90%]"),
+              _split(FLAGS.classifier_test_split, dataset, tfds="test", folder="train[90%:]"))
+    train, test = (data.load_split(dataset, split, data_dir=data_dir, **split_options)
+                   for split in splits)
     params, accuracy = evaluation.train_classifier(
         train, test, steps=FLAGS.classifier_steps, batch_size=FLAGS.classifier_batch_size,
         seed=FLAGS.seed)
-    provenance = dict(dataset=FLAGS.dataset, train_split=FLAGS.classifier_train_split,
-                      test_split=FLAGS.classifier_test_split, steps=FLAGS.classifier_steps,
-                      batch_size=FLAGS.classifier_batch_size, seed=FLAGS.seed,
-                      test_accuracy=accuracy)
+    provenance = dict(dataset=dataset, train_split=splits[0], test_split=splits[1],
+                      steps=FLAGS.classifier_steps, batch_size=FLAGS.classifier_batch_size,
+                      seed=FLAGS.seed, test_accuracy=accuracy)
     if jax.process_index() == 0:
         evaluation.save_classifier(FLAGS.classifier, params, image_shape=train.image_shape,
                                    num_classes=train.num_classes, provenance=provenance)
@@ -146,11 +174,12 @@ def _reference(extractor, weights_file: str, dataset: str, data_dir: str | None,
     if FLAGS.reference_stats:
         return evaluation.load_reference_stats(FLAGS.reference_stats,
                                                feature_network=extractor.name)
-    split_tag = re.sub(r"[^\w.-]+", "_", FLAGS.reference_split).strip("_")
+    split = _split(FLAGS.reference_split, dataset, tfds="test", folder="train")
+    split_tag = re.sub(r"[^\w.-]+", "_", split).strip("_")
     cache = FLAGS.reference_cache or (
         f"{os.path.splitext(weights_file)[0]}.{dataset}.{split_tag}.reference.npz")
     reference = evaluation.reference_statistics(
-        extractor, dataset=dataset, split=FLAGS.reference_split, data_dir=data_dir, cache=cache,
+        extractor, dataset=dataset, split=split, data_dir=data_dir, cache=cache,
         **split_options)
     if FLAGS.save_reference_stats and jax.process_index() == 0:
         evaluation.save_reference_stats(FLAGS.save_reference_stats, reference)
@@ -166,6 +195,8 @@ def evaluate() -> dict:
                                        or not {"fid", "floor"} & set(FLAGS.metrics)):
         raise ValueError("--save_reference_stats exports the statistics of --reference_split: "
                          "it needs --metrics fid or floor, and no --reference_stats")
+    if "bpd" in FLAGS.metrics and FLAGS.bpd_estimator == "mc" and FLAGS.bpd_timesteps is None:
+        raise ValueError("--bpd_estimator=mc needs --bpd_timesteps (K, the timesteps per image)")
     needs_run = {"bpd", "fid", "is"} & set(FLAGS.metrics)
     if needs_run and not (FLAGS.workdir or FLAGS.pretrained):
         raise ValueError(f"metrics {sorted(needs_run)} need --workdir or --pretrained")
@@ -175,15 +206,8 @@ def evaluate() -> dict:
         trained = generate.as_trained(pretrained.load(FLAGS.pretrained))
     else:
         trained = generate.load_workdir(FLAGS.workdir, step=FLAGS.step) if FLAGS.workdir else None
-    dataset = FLAGS.dataset or (trained.config.data.name if trained else None)
-    data_dir = FLAGS.data_dir or (trained.config.data.data_dir if trained else None)
-    if not dataset:
-        raise ValueError("--dataset is needed without --workdir (a pretrained model does not "
-                         "name its dataset)")
-    # The run's own dataset is read as it trained on it (image size; a folder's path and
-    # settings); another --dataset, or a pretrained model's, as the dataset comes.
-    own_data = trained is not None and dataset == trained.config.data.name
-    split_options = train_lib.split_options(trained.config) if own_data else {}
+    dataset, data_dir, split_options = _dataset(
+        trained.config if trained and not FLAGS.pretrained else None)
     open_split = lambda split: data.load_split(dataset, split, data_dir=data_dir,
                                                keep_in_memory=False, **split_options)
     results = {"dataset": dataset}

@@ -298,3 +298,40 @@ def test_evaluate_cli(trained_workdir, fashion_dir, tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1] == (
         "evaluate.py: error: unknown metrics ['bleu']; expected any of ['bpd', 'fid', 'is', 'floor']")
+
+
+def test_evaluate_cli_names_the_flag_k_comes_from(tmp_path):
+    result = run_cli("evaluate.py", "--workdir", str(tmp_path), "--metrics", "bpd",
+                     "--bpd_estimator", "mc")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "evaluate.py: error: --bpd_estimator=mc needs --bpd_timesteps (K, the timesteps per image)")
+
+
+@pytest.mark.slow
+def test_train_classifier_on_a_runs_own_labelled_folder(tmp_path):
+    """--train_classifier --workdir reads the run's data as it trained on it: here a folder with
+    labels from its subfolders, split into train[:90%] and train[90%:] (a folder has no 'test')."""
+    from PIL import Image
+    from configs import test as test_config
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["dark", "light"]):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(60 + 120 * c + rng.normal(0, 20, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    config = test_config.get_config()
+    config.data.update(name="folder", path=str(tmp_path / "images"), image_size=8, channels=1,
+                       labels_from_subdirs=True, cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(config.to_json_best_effort())
+    classifier = tmp_path / "classifier.msgpack"
+    result = run_cli("evaluate.py", "--train_classifier", "--workdir", str(tmp_path / "run"),
+                     "--classifier", str(classifier), "--classifier_steps", "3",
+                     "--classifier_batch_size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout)
+    assert (info["dataset"], info["train_split"], info["test_split"]) == (
+        "folder", "train[:90%]", "train[90%:]")
+    _, saved = evaluation.load_classifier(str(classifier))
+    assert saved["num_classes"] == 2 and saved["image_shape"] == [8, 8, 1]
