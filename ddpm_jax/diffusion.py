@@ -41,8 +41,9 @@ def check_labels(labels: jax.Array, *, num_labels: int | None, batch: int | None
         raise ValueError(f"{what} must have shape {expected}, got shape {shape}")
     if not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(f"{what} must be integers, got dtype {dtype}")
-    if isinstance(labels, jax.core.Tracer):
-        return
+    if isinstance(labels, jax.core.Tracer) or (isinstance(labels, jax.Array)
+                                               and not labels.is_fully_addressable):
+        return  # traced, or spread over other processes' devices
     values = np.asarray(labels)
     bad = values[(values < 0) | (values >= (np.inf if num_labels is None else num_labels))]
     if bad.size:
