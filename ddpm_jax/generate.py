@@ -269,7 +269,8 @@ def _reverse_process_note(samples: Samples, process: ReverseProcess) -> str:
         note += (f"; samples.png was made with {s.get('sampler')} in "
                  f"{s.get('num_steps') or steps} steps")
     if s.get("seed") == r["seed"] and s.get("batch_size", 0) >= n:
-        note += f". It starts from the same noise x_T as the first {n} images of samples.png"
+        note += (f". The chain starts from the same noise x_T as the first {n} images of "
+                 f"samples.png")
     return note + "."
 
 

@@ -212,16 +212,16 @@ def save_gif(
 
 
 def log_snr_frames(log_snr: npt.ArrayLike, num_frames: int, *,
-                   window: tuple[float, float] = (-6.0, 6.0)) -> np.ndarray:
+                   window: tuple[float, float] = (-4.0, 5.0)) -> np.ndarray:
     """Picks frames of a reverse process spaced evenly in log-SNR, where the picture changes.
 
     Between frames spaced evenly in log-SNR the noise level relative to the signal,
-    exp(-log_snr / 2), changes by the same factor. Outside ``window`` an image of x_t does not
-    visibly change: below log-SNR -6 the signal's amplitude is under 5% of the noise's, above +6
-    the noise's is under 5% of the signal's (6 grey levels of 255). For a linear schedule with
-    T = 1000 that skips t > 769 and t < 12, where uniform-in-t picks spend 24% of their frames
-    and picks over the full log-SNR range 32%. The first frame (x_T) and the last always come first and last;
-    targets run evenly across the window (clipped to the chain's range), each picking its
+    exp(-log_snr / 2), changes by the same factor. The default ``window`` is where x_t visibly
+    forms: on the Fashion-MNIST demo's ancestral chains, the correlation of x_t with the final
+    sample rises from 0.1 at log-SNR -3.6 to 0.99 at +4.8. For a linear schedule with T = 1000
+    that is t from 629 down to 21, where uniform-in-t picks put 60% of their frames and picks
+    over the whole log-SNR range 46%. The first frame (x_T) and the last always come first and
+    last; targets run evenly across the window (clipped to the chain's range), each picking its
     nearest frame, and where several share a frame (steps coarser than the spacing) the choice
     moves to neighbouring frames, so the count is exact.
 
@@ -329,7 +329,8 @@ def save_reverse_process_html(
     log_snr = np.asarray(log_snr, np.float64)
     if log_snr.shape != timesteps.shape or not (np.isfinite(log_snr) | (log_snr == np.inf)).all():
         raise ValueError(f"log_snr must be finite or +inf floats shaped like timesteps "
-                         f"{timesteps.shape}; got shape {log_snr.shape}, values {log_snr.ravel()[:4]}")
+                         f"{timesteps.shape}; got shape {log_snr.shape}, "
+                         f"values {log_snr.ravel()[:4]}")
     streams = {"x_t": _deflated_frames("x_t", x_t), "x0_pred": _deflated_frames("x0_pred", x0_pred)}
     counts = [streams["x_t"]["shape"][0], streams["x0_pred"]["shape"][0], len(timesteps)]
     if len(set(counts)) > 1:
