@@ -8,7 +8,8 @@ DEMO_DIR ?= runs/fmnist
 DEMO_SAMPLES ?= 36
 DEMO_START := $(shell date +%s)
 DEMO_TRAIN := $(PY) train.py --config configs/fashion_mnist.py --workdir $(DEMO_DIR)
-DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLES) --trajectory
+DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLES) --trajectory \
+  --trajectory_samples 16
 
 CHROMIUM := /usr/bin/chromium
 
