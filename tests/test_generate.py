@@ -5,9 +5,9 @@ import json
 import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
-import ml_collections
 from PIL import Image
 
 from conftest import run_cli
