@@ -8,9 +8,12 @@ DEMO_DIR ?= runs/fmnist
 DEMO_SAMPLES ?= 36
 DEMO_START := $(shell date +%s)
 DEMO_TRAIN := $(PY) train.py --config configs/fashion_mnist.py --workdir $(DEMO_DIR)
-DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLES) --trajectory
+DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLES) --trajectory \
+  --trajectory_samples 16
 
-.PHONY: demo test bench data clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: demo test bench data browser clean
 
 $(VENV)/.installed-%: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +25,11 @@ $(VENV)/.installed-%: pyproject.toml constraints.txt
 data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Debian's Chromium: the suite opens the reverse-process viewer in it, headless, and screenshots it.
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
 
 # Trains, samples, then prints where the outputs are and the wall time (setup included).
 demo: $(VENV)/.installed-test data
@@ -35,10 +43,10 @@ demo: $(VENV)/.installed-test data
 	  "training $$((t2 - t1)) s, sampling $$((t3 - t2)) s. Open:"; \
 	echo "  samples (grid):          $$out/samples.png"; \
 	echo "  reverse process (GIF):   $$out/reverse_process.gif"; \
-	echo "  reverse process (HTML):  file://$$out/reverse_process.html  (slider, play/pause)"; \
+	echo "  reverse process (HTML):  file://$$out/reverse_process.html  (all T steps: slider, play)"; \
 	echo "  images as numpy:         $$out/samples.npz"
 
-test: $(VENV)/.installed-test data
+test: $(VENV)/.installed-test data browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests"; exit $$rc; }
 
 bench: $(VENV)/.installed-test

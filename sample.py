@@ -2,7 +2,8 @@
 or from a diffusers model: python sample.py --pretrained google/ddpm-cifar10-32 --out samples
 
 Writes samples.png (grid), samples.npz (uint8 images and float samples) and sample_settings.json;
-with --trajectory also reverse_process.gif and reverse_process.html (slider + play button).
+with --trajectory also reverse_process.html (every step of an ancestral chain: slider, play) and
+reverse_process.gif.
 """
 
 import os
@@ -39,9 +40,12 @@ flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (cond
 flags.DEFINE_list("labels", None, "Class labels, cycled over the samples (conditional models): "
                   "numbers, or names from labels.json in --workdir or a --pretrained directory "
                   "(e.g. --labels=cats,dogs).")
-flags.DEFINE_bool("trajectory", False, "Also write the reverse process as GIF and HTML.")
-flags.DEFINE_integer("trajectory_every", 10, "Steps between trajectory frames.", lower_bound=1)
-flags.DEFINE_integer("trajectory_samples", 16, "Samples shown in the trajectory.", lower_bound=1)
+flags.DEFINE_bool("trajectory", False, "Also record all T steps of ancestral sampling of "
+                  "--trajectory_samples samples (a run of its own, whatever --sampler) and write "
+                  "them as reverse_process.html (every step) and reverse_process.gif.")
+flags.DEFINE_integer("trajectory_samples", 4, "Samples in the --trajectory run (the page holds "
+                     "2 (T + 1) frames of them: ~5 MB for 4 at 28x28, ~20 MB for 16).",
+                     lower_bound=1)
 flags.DEFINE_integer("grid_scale", None, "Upscaling factor of samples.png's images (default: "
                      "the smallest giving at least 96 pixels per image).", lower_bound=1)
 flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
@@ -60,20 +64,22 @@ def main(argv):
         source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir
         # A run's class names, or an exported run's (export_pretrained.py carries labels.json).
         class_names = data.read_class_names(FLAGS.workdir or FLAGS.pretrained)
+        labels = data.parse_labels(FLAGS.labels, class_names) if FLAGS.labels else None
         result = generate.generate(
             source, num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step,
             params=FLAGS.params, batch_size=FLAGS.batch_size, sampler=FLAGS.sampler,
             num_steps=FLAGS.num_steps, spacing=FLAGS.spacing, eta=FLAGS.eta,
             variance=FLAGS.variance,
             guidance_scale=FLAGS.guidance_scale,
-            labels=data.parse_labels(FLAGS.labels, class_names) if FLAGS.labels else None,
-            trajectory_every=FLAGS.trajectory_every if FLAGS.trajectory else None,
-            progress=jax.process_index() == 0)
+            labels=labels, progress=jax.process_index() == 0)
+        process = generate.reverse_process(
+            source, num_samples=FLAGS.trajectory_samples, seed=FLAGS.seed, step=FLAGS.step,
+            params=FLAGS.params, variance=FLAGS.variance, guidance_scale=FLAGS.guidance_scale,
+            labels=labels, progress=jax.process_index() == 0) if FLAGS.trajectory else None
     except (ValueError, OSError, ImportError) as e:  # OSError: missing or corrupt checkpoints
         sys.exit(f"sample.py: error: {e}")
     if jax.process_index() == 0:
-        for path in generate.write_outputs(out, result,
-                                           trajectory_samples=FLAGS.trajectory_samples,
+        for path in generate.write_outputs(out, result, reverse_process=process,
                                            grid_scale=FLAGS.grid_scale):
             print(path)
 

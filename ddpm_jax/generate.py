@@ -20,13 +20,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import sampling, train_lib, visualize
+from ddpm_jax import sampling, schedules, train_lib, visualize
 from ddpm_jax.checkpointing import Checkpointer, as_path
 from ddpm_jax.models import UNet
 from ddpm_jax.pretrained import Pretrained
 from ddpm_jax.schedules import Schedule
 
 PARAMS = ("ema", "raw")
+GIF_FRAMES = 100  # reverse_process.gif: frames spaced evenly in log-SNR (visualize.log_snr_frames)
+GIF_HOLD_LAST_MS = 2500  # how long the GIF shows the final samples before it loops
+GRID_PAD_VALUE = 64  # the reverse process's grids: dark grey lines between tiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,13 @@ def as_trained(model: Pretrained) -> Trained:
                    model.params)
 
 
+def _resolve(source: str | Trained | Pretrained, step: int | None) -> Trained:
+    """A workdir (restored at ``step``), ``Trained`` or ``Pretrained`` as a ``Trained``."""
+    if isinstance(source, Pretrained):
+        return as_trained(source)
+    return source if isinstance(source, Trained) else load_workdir(source, step=step)
+
+
 @dataclasses.dataclass(frozen=True)
 class Samples:
     """Generated images (float in [-1, 1] and uint8) and, if asked, the reverse process of the
@@ -135,10 +145,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
       mesh: a mesh with a ``data`` axis (default: every device of every process). The images do
         not depend on it beyond float rounding.
     """
-    if isinstance(workdir, Pretrained):
-        trained = as_trained(workdir)
-    else:
-        trained = workdir if isinstance(workdir, Trained) else load_workdir(workdir, step=step)
+    trained = _resolve(workdir, step)
     config, model = trained.config, trained.model
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -219,11 +226,79 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReverseProcess:
+    """Every step of the ancestral chain of a few samples, as uint8 images for viewing.
+
+    Frame f of ``x_t`` / ``pred_x0`` [T + 1, N, H, W, C] is the sample x_t at the paper's ``t[f]``
+    (T, T - 1, ..., 1; frame 0 is the initial noise x_T) and the model's x_0 prediction from it;
+    the last frame (t = 0) is the final sample in both. ``log_snr`` [T + 1] is
+    log(abar_t / (1 - abar_t)) of each frame (+inf for the final sample). ``settings`` are
+    ``generate``'s settings of the run (sampler ``'ddpm'``, ``num_steps`` T)."""
+
+    t: np.ndarray
+    log_snr: np.ndarray
+    x_t: np.ndarray
+    pred_x0: np.ndarray
+    settings: dict
+
+
+def reverse_process(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int = 0,
+                    step: int | None = None, params: str = "ema", variance: str | None = None,
+                    guidance_scale: float | None = None, labels: list[int] | None = None,
+                    progress: bool = False, mesh: Mesh | None = None) -> ReverseProcess:
+    """Records all T steps of ancestral sampling (Ho et al. Algorithm 2) of ``num_samples``
+    samples, whatever sampler the run's config names: ``generate`` with the ``'ddpm'`` sampler over
+    all T timesteps and a trajectory frame at every step, in one batch.
+
+    The chain starts from the same noise x_T as the first ``num_samples`` images of a
+    ``generate`` call with the same seed (JAX's random bits do not depend on the batch size), so
+    with ``sampler='ddpm'`` over all T steps it ends on those images too. Memory and time grow with
+    T * num_samples: 16 Fashion-MNIST samples over T = 1000 steps hold 100 MB of float frames.
+
+    Args:
+      workdir, seed, step, params, variance, guidance_scale, labels, progress, mesh: as in
+        ``generate``.
+      num_samples: how many chains, >= 1.
+    """
+    trained = _resolve(workdir, step)
+    num_timesteps = trained.schedule.num_timesteps
+    run = generate(trained, num_samples=num_samples, seed=seed, params=params, sampler="ddpm",
+                   num_steps=num_timesteps, spacing="time", variance=variance,
+                   guidance_scale=guidance_scale, labels=labels, trajectory_every=1,
+                   progress=progress, mesh=mesh)
+    final = run.images_uint8[None]
+    chain = lambda frames: np.concatenate([visualize.to_uint8(frames[:, :num_samples]), final])
+    index = np.asarray(run.trajectory.timesteps)  # T - 1, ..., 0
+    log_snr = np.asarray(schedules.log_snr(trained.schedule.alphas_cumprod), np.float64)[index]
+    return ReverseProcess(t=np.append(index + 1, 0), log_snr=np.append(log_snr, np.inf),
+                          x_t=chain(run.trajectory.x_t), pred_x0=chain(run.trajectory.pred_x0),
+                          settings=run.settings)
+
+
+def _reverse_process_note(samples: Samples, process: ReverseProcess) -> str:
+    """The viewer's paragraph: what its frames are and how they relate to samples.png."""
+    s, r = samples.settings, process.settings
+    n, steps = len(process.x_t[0]), process.settings["num_steps"]
+    note = (f"x_t and the model's prediction of x_0 at every one of the T = {steps} steps of "
+            f"ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) of {n} samples, seed "
+            f"{r['seed']}: a run of its own for this page")
+    if (s.get("sampler"), s.get("num_steps") or steps) != ("ddpm", steps):
+        note += (f"; samples.png was made with {s.get('sampler')} in "
+                 f"{s.get('num_steps') or steps} steps")
+    if s.get("seed") == r["seed"] and s.get("batch_size", 0) >= n:
+        note += (f". The chain starts from the same noise x_T as the first {n} images of "
+                 f"samples.png")
+    return note + "."
+
+
 def write_outputs(out: str | os.PathLike[str], samples: Samples, *,
-                  trajectory_samples: int = 16, grid_scale: int | None = None) -> list[str]:
-    """Writes samples.png, samples.npz, sample_settings.json and, with a trajectory,
-    reverse_process.gif and reverse_process.html into ``out`` (local or ``gs://``). Returns the
-    paths written.
+                  reverse_process: ReverseProcess | None = None,
+                  grid_scale: int | None = None) -> list[str]:
+    """Writes samples.png, samples.npz, sample_settings.json and, given a ``reverse_process``,
+    reverse_process.html (a viewer of every frame) and reverse_process.gif (``GIF_FRAMES``
+    frames spaced evenly in log-SNR, the final sample held) into ``out`` (local or ``gs://``).
+    Returns the paths written.
 
     ``grid_scale`` upscales samples.png's tiles (default: ``visualize.make_grid``'s, at least
     96 pixels per image); the GIF and the HTML viewer scale their own frames."""
@@ -237,16 +312,16 @@ def write_outputs(out: str | os.PathLike[str], samples: Samples, *,
     with (out / "samples.npz").open("wb") as f:
         np.savez(f, images=samples.images_uint8, samples=samples.images)
     (out / "sample_settings.json").write_text(json.dumps(samples.settings, indent=2))
-    if samples.trajectory is None:
+    if reverse_process is None:
         return [paths[n] for n in ("samples.png", "samples.npz", "sample_settings.json")]
-    traj = samples.trajectory
-    n = min(trajectory_samples, traj.x_t.shape[1])
-    final = samples.images_uint8[:n]
-    grids = lambda frames: np.stack([visualize.make_grid(f, scale=1) for f in frames])
-    x_t = grids(np.concatenate([visualize.to_uint8(traj.x_t[:, :n]), final[None]]))
-    x0 = grids(np.concatenate([visualize.to_uint8(traj.pred_x0[:, :n]), final[None]]))
-    timesteps = np.append(np.asarray(traj.timesteps) + 1, 0)  # paper convention; 0 = final x_0
-    visualize.save_gif(paths["reverse_process.gif"], x_t, scale=2)
-    visualize.save_reverse_process_html(paths["reverse_process.html"], x_t=x_t, x0_pred=x0,
-                                        timesteps=timesteps)
+    grids = lambda frames: np.stack([
+        visualize.make_grid(f, scale=1, pad_value=GRID_PAD_VALUE) for f in frames])
+    x_t = grids(reverse_process.x_t)
+    gif_frames = visualize.log_snr_frames(reverse_process.log_snr, GIF_FRAMES)
+    visualize.save_gif(paths["reverse_process.gif"], x_t[gif_frames], scale=2,
+                       hold_last_ms=GIF_HOLD_LAST_MS)
+    visualize.save_reverse_process_html(
+        paths["reverse_process.html"], x_t=x_t, x0_pred=grids(reverse_process.pred_x0),
+        timesteps=reverse_process.t, log_snr=reverse_process.log_snr,
+        note=_reverse_process_note(samples, reverse_process))
     return list(paths.values())

@@ -1,4 +1,4 @@
-"""Image grids, PNG / GIF files and an HTML player for samples and the reverse process.
+"""Image grids, PNG / GIF files and an HTML viewer for samples and the reverse process.
 
 Plain numpy + Pillow (no JAX), so it is cheap to import and test. Arrays follow the
 model's NHWC layout. Model outputs in [-1, 1] go through ``to_uint8`` first; every other
@@ -13,6 +13,7 @@ import json
 import math
 import os
 import string
+import zlib
 
 import numpy as np
 import numpy.typing as npt
@@ -65,11 +66,6 @@ def _png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     _to_pil(image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _png_data_uri(image: np.ndarray) -> str:
-    """Encodes a checked uint8 [H, W, C] image as a ``data:image/png;base64,`` URI."""
-    return "data:image/png;base64," + base64.b64encode(_png_bytes(image)).decode("ascii")
 
 
 def to_uint8(images: npt.ArrayLike) -> np.ndarray:
@@ -213,8 +209,71 @@ def save_gif(
         )
 
 
+
+
+def log_snr_frames(log_snr: npt.ArrayLike, num_frames: int, *,
+                   window: tuple[float, float] = (-4.0, 5.0)) -> np.ndarray:
+    """Picks frames of a reverse process spaced evenly in log-SNR, where the picture changes.
+
+    Between frames spaced evenly in log-SNR the noise level relative to the signal,
+    exp(-log_snr / 2), changes by the same factor. The default ``window`` is where x_t visibly
+    forms: on the Fashion-MNIST demo's ancestral chains, the correlation of x_t with the final
+    sample rises from 0.1 at log-SNR -3.6 to 0.99 at +4.8. For a linear schedule with T = 1000
+    that is t from 629 down to 21, where uniform-in-t picks put 60% of their frames and picks
+    over the whole log-SNR range 46%. The first frame (x_T) and the last always come first and
+    last; targets run evenly across the window (clipped to the chain's range), each picking its
+    nearest frame, and where several share a frame (steps coarser than the spacing) the choice
+    moves to neighbouring frames, so the count is exact.
+
+    Args:
+        log_snr: Floats [F], nondecreasing (from x_T towards x_0), finite except a last +inf
+            (the final sample x_0), e.g. ``schedules.log_snr(alphas_cumprod)`` of the frames.
+        num_frames: How many frames to pick, >= 2; all F if F is smaller.
+        window: The log-SNR range (low, high) the targets span.
+
+    Returns:
+        int64 [min(num_frames, F)], strictly increasing frame indices from 0 to F - 1.
+
+    Raises:
+        ValueError: ``log_snr`` is not 1-D with >= 2 values, decreases, or is NaN / infinite
+            anywhere but a last +inf; ``num_frames`` < 2; or ``window`` is not low < high.
+    """
+    _check_int("num_frames", num_frames, 2)
+    if not window[0] < window[1]:
+        raise ValueError(f"window must be (low, high) with low < high; got {window}")
+    lam = np.asarray(log_snr, np.float64)
+    chain = lam[:-1] if lam.ndim == 1 and lam.size and lam[-1] == np.inf else lam
+    if (lam.ndim != 1 or lam.size < 2 or not np.isfinite(chain).all()
+            or (np.diff(chain) < 0).any()):
+        raise ValueError(f"log_snr must be 1-D, >= 2 values, nondecreasing and finite but for a "
+                         f"last +inf; got shape {lam.shape}, values {lam[:3]}...{lam[-3:]}")
+    count = min(num_frames, lam.size)
+    extra = lam.size - chain.size  # the final sample, appended after the chain's picks
+    low, high = np.clip(window, chain[0], chain[-1])
+    targets = np.linspace(low, high, count - extra)
+    upper = np.clip(np.searchsorted(chain, targets), 1, chain.size - 1)
+    nearer_lower = targets - chain[upper - 1] <= chain[upper] - targets
+    picks = np.append(upper - nearer_lower, np.arange(chain.size, lam.size))
+    picks[0], picks[-1] = 0, lam.size - 1
+    for i in range(1, count - 1):  # strictly increasing: push repeats forward...
+        picks[i] = max(picks[i], picks[i - 1] + 1)
+    for i in range(count - 2, -1, -1):  # ...and back below the end
+        picks[i] = min(picks[i], picks[i + 1] - 1)
+    return picks.astype(np.int64)
+
+
+def _deflated_frames(name: str, frames: npt.ArrayLike) -> dict:
+    """A viewer stream: checked uint8 [F, H, W, C] frames as {"shape", "deflate"}, where
+    "deflate" is base64 of zlib-compressed raw pixels (C-order), frame 0 as is and every later
+    frame as its difference from the one before, mod 256 (small where the chain moves little)."""
+    frames = _check_uint8_images(name, frames, axes="F, H, W, C")
+    deltas = np.diff(frames, axis=0, prepend=np.zeros_like(frames[:1]))  # uint8 wraps mod 256
+    payload = base64.b64encode(zlib.compress(deltas.tobytes(), 6)).decode("ascii")
+    return {"shape": list(frames.shape), "deflate": payload}
+
+
 def _html_template() -> string.Template:
-    """The player page (package data reverse_process.html): $title, $last_index, $frames_json."""
+    """The viewer page (package data reverse_process.html): $title, $note, $last_index, $data."""
     page = importlib.resources.files("ddpm_jax").joinpath("reverse_process.html")
     return string.Template(page.read_text(encoding="utf-8"))
 
@@ -225,31 +284,40 @@ def save_reverse_process_html(
     x_t: npt.ArrayLike,
     x0_pred: npt.ArrayLike,
     timesteps: npt.ArrayLike,
+    log_snr: npt.ArrayLike,
     title: str = "DDPM reverse process",
+    note: str = "",
 ) -> None:
-    """Writes a self-contained HTML player for the reverse (denoising) process.
+    """Writes a self-contained HTML viewer of the reverse (denoising) process.
 
-    Frame f shows the grid x_t[f] beside the model's current prediction x0_pred[f], with
-    a slider over all frames, play / pause, a speed control and the label "t = <t>"
-    ("x_0" where t = 0). Each frame is a whole grid image (e.g. ``make_grid`` of the batch
-    at that step). Frames are PNG-encoded once and embedded as base64 data URIs (2 * F
-    images), CSS and JS are inline: the file needs no network. Noise does not compress,
-    so the file holds roughly 2 * F * H * W * C * 4/3 bytes: for T = 1000 steps keep the
-    grid small or pass every k-th step.
+    Frame f shows the grid x_t[f] beside the model's prediction x0_pred[f], with the step's t
+    ("x_0" where t = 0) and its signal-to-noise ratio, a slider over all frames (every frame is
+    reachable), play / pause, the time a whole play takes, its pace (evenly in t, or evenly in
+    log-SNR, where the picture changes), and the arrow keys stepping one frame (Space plays,
+    Home / End jump). The URL fragment ``#frame=K`` opens frame K.
+
+    Frames are raw uint8 pixels, each frame stored as its difference from the frame before
+    (mod 256), zlib-compressed and base64-encoded into the page; the browser inflates them with
+    its ``DecompressionStream`` and draws them on canvases, scaled up by an integer factor with
+    image smoothing off. CSS and JS are inline: the file needs no network. Noise does not
+    compress, so expect about half the raw size, 2 * F * H * W * C bytes: 16 Fashion-MNIST
+    samples over T = 1000 steps make a page of a few tens of MB (see ``generate.write_outputs``).
 
     Args:
         path: Destination file; its directory must exist.
-        x_t: uint8 [F, H, W, C], C in {1, 3}: the sample grid at each recorded step.
-        x0_pred: uint8 [F, H2, W2, C2], C2 in {1, 3}: the predicted-x_0 grid at those steps.
-        timesteps: Integers [F], >= 0: the paper's t of x_t[f], T ... 1 (schedule index
-            + 1); 0 marks the final sample x_0.
+        x_t: uint8 [F, H, W, C], C in {1, 3}: the sample grid at each frame.
+        x0_pred: uint8 [F, H2, W2, C2], C2 in {1, 3}: the predicted-x_0 grid at each frame.
+        timesteps: Integers [F], >= 0: the paper's t of x_t[f], T ... 1 (schedule index + 1);
+            0 marks the final sample x_0.
+        log_snr: Floats [F]: log(abar_t / (1 - abar_t)) of each frame, finite or +inf (the
+            final sample, shown as SNR = inf).
         title: Page title and heading (plain text; it is HTML-escaped).
+        note: A paragraph under the heading, e.g. how the frames were made (plain text; it is
+            HTML-escaped).
 
     Raises:
         ValueError: Bad shape or dtype of an argument, or frame counts that differ.
     """
-    x_t = _check_uint8_images("x_t", x_t, axes="F, H, W, C")
-    x0_pred = _check_uint8_images("x0_pred", x0_pred, axes="F, H, W, C")
     timesteps = np.asarray(timesteps)
     if timesteps.ndim != 1 or not np.issubdtype(timesteps.dtype, np.integer):
         raise ValueError(
@@ -258,17 +326,25 @@ def save_reverse_process_html(
         )
     if (timesteps < 0).any():
         raise ValueError(f"timesteps must be >= 0; got min {timesteps.min()}")
-    if not len(x_t) == len(x0_pred) == len(timesteps):
+    log_snr = np.asarray(log_snr, np.float64)
+    if log_snr.shape != timesteps.shape or not (np.isfinite(log_snr) | (log_snr == np.inf)).all():
+        raise ValueError(f"log_snr must be finite or +inf floats shaped like timesteps "
+                         f"{timesteps.shape}; got shape {log_snr.shape}, "
+                         f"values {log_snr.ravel()[:4]}")
+    streams = {"x_t": _deflated_frames("x_t", x_t), "x0_pred": _deflated_frames("x0_pred", x0_pred)}
+    counts = [streams["x_t"]["shape"][0], streams["x0_pred"]["shape"][0], len(timesteps)]
+    if len(set(counts)) > 1:
         raise ValueError(
             f"x_t, x0_pred and timesteps must have the same number of frames; got "
-            f"{len(x_t)}, {len(x0_pred)} and {len(timesteps)}"
+            f"{counts[0]}, {counts[1]} and {counts[2]}"
         )
-    frames_json = json.dumps({
-        "x_t": [_png_data_uri(frame) for frame in x_t],
-        "x0_pred": [_png_data_uri(frame) for frame in x0_pred],
-        "labels": [f"t = {t}" if t > 0 else "x_0" for t in timesteps.tolist()],
+    data = json.dumps({
+        "t": timesteps.tolist(),
+        "log_snr": [round(v, 4) if np.isfinite(v) else None for v in log_snr.tolist()],
+        **streams,
     })
     page = _html_template().substitute(
-        title=html.escape(title), last_index=len(x_t) - 1, frames_json=frames_json
+        title=html.escape(title), note=html.escape(note), last_index=len(timesteps) - 1,
+        data=data,
     )
     epath.Path(path).write_text(page, encoding="utf-8")

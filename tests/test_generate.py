@@ -1,18 +1,18 @@
 """sample.py and ddpm_jax.generate on a checkpoint made by the tiny config in this session."""
 
-import base64
 import dataclasses
-import io
 import json
 import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import run_cli
-from ddpm_jax import generate, train_lib
+from ddpm_jax import generate, train_lib, visualize
+from test_visualize import decode_viewer_page
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,67 @@ def test_ddim_batches_and_trajectory(trained):
     assert s.settings["sampler"] == "ddim" and s.settings["num_steps"] == 10
 
 
+@pytest.fixture(scope="module")
+def process(trained):
+    return generate.reverse_process(trained, num_samples=3, seed=2)
+
+
+def test_reverse_process_records_every_ancestral_step(trained, process):
+    """All T = 20 steps and the final sample, with t and the schedule's log-SNR; the chain is
+    ancestral DDPM whatever the config's sampler, starts from the x_T of a ``generate`` call with
+    the same seed (another batch size, another sampler) and, for DDPM over all T steps, ends on
+    its images."""
+    assert process.x_t.shape == process.pred_x0.shape == (21, 3, 28, 28, 1)
+    assert process.x_t.dtype == np.uint8
+    np.testing.assert_array_equal(process.t, np.arange(20, -1, -1))
+    abar = np.cumprod(1 - np.asarray(trained.schedule.betas, np.float64))
+    np.testing.assert_allclose(process.log_snr[:-1], np.log(abar / (1 - abar))[::-1], atol=1e-4)
+    assert process.log_snr[-1] == np.inf
+    np.testing.assert_array_equal(process.x_t[-1], process.pred_x0[-1])
+    assert process.settings["sampler"] == "ddpm" and process.settings["num_steps"] == 20
+    ddpm = generate.generate(trained, num_samples=8, seed=2, sampler="ddpm", num_steps=20)
+    np.testing.assert_array_equal(process.x_t[-1], ddpm.images_uint8[:3])
+    ddim = generate.generate(trained, num_samples=16, seed=2, sampler="ddim", num_steps=5,
+                             trajectory_every=5)
+    np.testing.assert_array_equal(process.x_t[0], visualize.to_uint8(ddim.trajectory.x_t[0, :3]))
+    config = ml_collections.ConfigDict(trained.config.to_dict())
+    config.sampling.sampler, config.sampling.num_steps = "dpmpp_2m", 4
+    again = generate.reverse_process(dataclasses.replace(trained, config=config), num_samples=3,
+                                     seed=2)
+    np.testing.assert_array_equal(again.x_t, process.x_t)
+
+
+def test_write_outputs_writes_the_viewer_and_a_log_snr_gif(trained, process, tmp_path,
+                                                          monkeypatch):
+    """The page holds every frame of the chain as grids, with its t and log-SNR; the GIF holds
+    the frames ``log_snr_frames`` picks, ending on the final samples."""
+    monkeypatch.setattr(generate, "GIF_FRAMES", 8)
+    samples = generate.generate(trained, num_samples=5, seed=2, sampler="ddim", num_steps=4)
+    paths = generate.write_outputs(tmp_path, samples, reverse_process=process)
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == [
+        "reverse_process.gif", "reverse_process.html", "sample_settings.json", "samples.npz",
+        "samples.png"]
+    page = (tmp_path / "reverse_process.html").read_text()
+    data = decode_viewer_page(page)
+    grid = lambda images: visualize.make_grid(images, scale=1, pad_value=generate.GRID_PAD_VALUE)
+    assert data["x_t"].shape == (21, *grid(process.x_t[0]).shape)
+    for f in (0, 10, 20):
+        np.testing.assert_array_equal(data["x_t"][f], grid(process.x_t[f]))
+        np.testing.assert_array_equal(data["x0_pred"][f], grid(process.pred_x0[f]))
+    assert data["t"] == process.t.tolist()
+    np.testing.assert_allclose(data["log_snr"][:-1], process.log_snr[:-1], atol=1e-4)
+    assert "all T = 20 steps" not in page and "T = 20 steps of ancestral DDPM" in page
+    assert "samples.png was made with ddim in 4 steps" in page
+    assert "starts from the same noise x_T as the first 3 images of samples.png" in page
+    picks = visualize.log_snr_frames(process.log_snr, 8)
+    with Image.open(tmp_path / "reverse_process.gif") as gif:
+        assert gif.n_frames == 8
+        gif.seek(7)
+        last = np.asarray(gif.convert("L"))
+    np.testing.assert_array_equal(last, np.kron(grid(process.x_t[picks[-1]])[..., 0],
+                                                np.ones((2, 2), np.uint8)))  # scale 2
+
+
 def test_batches_are_sharded_over_devices_without_changing_the_images(trained):
     """The default mesh spans the 8 simulated devices; one device gives the same images."""
     eight = generate.generate(trained, num_samples=8, seed=0, sampler="ddim", num_steps=5)
@@ -59,7 +120,7 @@ def test_batches_are_sharded_over_devices_without_changing_the_images(trained):
 def test_sample_cli_outputs(trained_workdir, tmp_path):
     out = tmp_path / "samples"
     args = ["sample.py", "--workdir", str(trained_workdir), "--num_samples", "8", "--seed", "3",
-            "--trajectory", "--trajectory_every", "5", "--trajectory_samples", "4"]
+            "--trajectory", "--trajectory_samples", "4"]
     result = run_cli(*args, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     grid = Image.open(out / "samples.png")
@@ -70,15 +131,12 @@ def test_sample_cli_outputs(trained_workdir, tmp_path):
     assert npz["samples"].dtype == np.float32
     settings = json.load(open(out / "sample_settings.json"))
     assert settings["seed"] == 3 and settings["step"] == 4 and settings["params"] == "ema"
-    # T = 20 steps, a frame every 5 -> 4 frames, plus the final image.
-    gif = Image.open(out / "reverse_process.gif")
-    assert gif.n_frames == 5
+    # T = 20 steps: 20 frames of the chain plus the final image, on the page and in the GIF.
+    assert Image.open(out / "reverse_process.gif").n_frames == 21
     html = (out / "reverse_process.html").read_text()
-    assert re.search(r'<input[^>]*type="range"[^>]*max="4"', html)
-    frames = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(frames) == 10
-    for frame in frames:
-        Image.open(io.BytesIO(base64.b64decode(frame))).verify()
+    assert re.search(r'<input[^>]*type="range"[^>]*max="20"', html)
+    data = decode_viewer_page(html)
+    assert data["x_t"].shape == data["x0_pred"].shape == (21, 62, 62, 1)  # 4 tiles, 2 x 2
     again = run_cli(*args, "--out", str(tmp_path / "again"), "--grid_scale", "2")
     assert again.returncode == 0
     assert Image.open(tmp_path / "again" / "samples.png").size == (3 * 58 + 2, 3 * 58 + 2)

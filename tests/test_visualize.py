@@ -1,22 +1,25 @@
 """Tests for ddpm_jax.visualize: uint8 conversion, grids, PNG, GIF and the HTML player."""
 
 import base64
-import hashlib
 import html.parser
-import io
+import json
 import re
+import shutil
+import subprocess
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import visualize
+from ddpm_jax import schedules, visualize
 
 _VOID_ELEMENTS = frozenset(
     ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
      "track", "wbr"]
 )
-_DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+_VIEWER_DATA = re.compile(r'<script type="application/json" id="data">(.*?)</script>', re.S)
+CHROMIUM = shutil.which("chromium")
 
 
 def _tiles(n: int, h: int, w: int, c: int) -> np.ndarray:
@@ -187,14 +190,27 @@ def test_save_gif_single_frame(tmp_path):
         assert gif.n_frames == 1
 
 
-def _write_html(tmp_path, num_frames, title="Reverse <process> & co"):
+def decode_viewer_page(page: str) -> dict:
+    """The viewer's data decoded independently of its JavaScript: t, log-SNR (None: +inf) and
+    each stream's frames (zlib, then a running sum mod 256 over frames)."""
+    data = json.loads(_VIEWER_DATA.search(page).group(1))
+    for name in ("x_t", "x0_pred"):
+        stream = data[name]
+        raw = zlib.decompress(base64.b64decode(stream["deflate"], validate=True))
+        deltas = np.frombuffer(raw, np.uint8).reshape(stream["shape"])
+        data[name] = np.cumsum(deltas, axis=0, dtype=np.uint8)  # uint8 sums wrap mod 256
+    return data
+
+
+def _write_html(tmp_path, num_frames, title="Reverse <process> & co", note="x < y & z"):
     x_t = _frames(num_frames, 10, 12, 1)
     x0_pred = _frames(num_frames, 6, 8, 3)
     timesteps = list(range(num_frames, 0, -1))[:-1] + [0]
+    log_snr = np.linspace(-10.0, 5.0, num_frames)
+    log_snr[-1] = np.inf
     path = tmp_path / "reverse.html"
-    visualize.save_reverse_process_html(
-        path, x_t=x_t, x0_pred=x0_pred, timesteps=timesteps, title=title
-    )
+    visualize.save_reverse_process_html(path, x_t=x_t, x0_pred=x0_pred, timesteps=timesteps,
+                                        log_snr=log_snr, title=title, note=note)
     return path.read_text(encoding="utf-8")
 
 
@@ -212,33 +228,46 @@ def test_reverse_process_html_structure(tmp_path, num_frames):
               if tag == "input" and attrs.get("type") == "range"]
     assert len(ranges) == 1
     assert ranges[0]["min"] == "0" and ranges[0]["max"] == str(num_frames - 1)
-    assert any(tag == "button" and attrs.get("id") == "play" for tag, attrs in checker.start_tags)
-    assert any(tag == "select" and attrs.get("id") == "speed" for tag, attrs in checker.start_tags)
+    ids = {attrs.get("id") for tag, attrs in checker.start_tags}
+    assert {"play", "duration", "pace", "xt", "x0", "label", "snr"} <= ids
+    assert [attrs["id"] for tag, attrs in checker.start_tags if tag == "canvas"] == ["xt", "x0"]
     assert "<title>Reverse &lt;process&gt; &amp; co</title>" in page
+    assert '<p class="note">x &lt; y &amp; z</p>' in page
     assert "Reverse <process>" not in page
 
 
-def test_reverse_process_html_labels(tmp_path):
-    page = _write_html(tmp_path, 4)
-    for label in ['"t = 4"', '"t = 3"', '"t = 2"', '"x_0"']:
-        assert page.count(label) == 1
+@pytest.mark.parametrize("c", [1, 3])
+def test_reverse_process_html_embeds_every_frame_as_compressed_uint8(tmp_path, c):
+    """Decoding the page's data in Python gives back every frame exactly, and t / log-SNR."""
+    rng = np.random.default_rng(0)
+    x_t = rng.integers(0, 256, (50, 9, 7, c), dtype=np.uint8)
+    x0_pred = np.cumsum(rng.integers(0, 3, (50, 5, 6, 1)), axis=0).astype(np.uint8)  # wraps
+    timesteps = np.append(np.arange(49, 0, -1), 0)
+    log_snr = np.append(np.linspace(-9.0, 9.0, 49), np.inf)
+    path = tmp_path / "reverse.html"
+    visualize.save_reverse_process_html(path, x_t=x_t, x0_pred=x0_pred, timesteps=timesteps,
+                                        log_snr=log_snr)
+    data = decode_viewer_page(path.read_text(encoding="utf-8"))
+    np.testing.assert_array_equal(data["x_t"], x_t)
+    np.testing.assert_array_equal(data["x0_pred"], x0_pred)
+    assert data["t"] == timesteps.tolist()
+    np.testing.assert_allclose(data["log_snr"][:-1], log_snr[:-1], atol=1e-4)
+    assert data["log_snr"][-1] is None  # +inf: the final sample
+    assert "data:image" not in path.read_text(encoding="utf-8")  # no PNG data URIs
 
 
-def test_reverse_process_html_embeds_every_frame_as_png(tmp_path):
-    num_frames = 5
-    page = _write_html(tmp_path, num_frames)
-    assert page.count("data:image/png;base64,") == 2 * num_frames
-    payloads = _DATA_URI.findall(page)
-    assert len(payloads) == 2 * num_frames
-    sizes = [(12, 10)] * num_frames + [(8, 6)] * num_frames  # x_t frames, then x0_pred frames
-    first_frames = [_frames(num_frames, 10, 12, 1)[0, ..., 0], _frames(num_frames, 6, 8, 3)[0]]
-    for index, (payload, size) in enumerate(zip(payloads, sizes)):
-        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
-            assert image.format == "PNG"
-            assert image.size == size
-            if index % num_frames == 0:
-                expected = first_frames[index // num_frames]
-                np.testing.assert_array_equal(np.asarray(image), expected)
+def test_reverse_process_html_stores_frame_differences(tmp_path):
+    """A slowly changing chain costs far less than its raw size: frames are stored as their
+    differences from the frame before, which compress."""
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.integers(-1, 2, (400, 32, 32, 1)), axis=0) + 128
+    frames = np.clip(walk, 0, 255).astype(np.uint8)
+    path = tmp_path / "reverse.html"
+    visualize.save_reverse_process_html(path, x_t=frames, x0_pred=frames,
+                                        timesteps=np.arange(400, 0, -1), log_snr=np.zeros(400))
+    raw = 2 * frames.nbytes
+    plain = 2 * len(base64.b64encode(zlib.compress(frames.tobytes(), 6)))
+    assert path.stat().st_size < 0.5 * plain < raw
 
 
 def test_reverse_process_html_is_self_contained(tmp_path):
@@ -249,6 +278,59 @@ def test_reverse_process_html_is_self_contained(tmp_path):
     assert "<link" not in page
     assert "@import" not in page and "url(" not in page
     assert re.search(r"<script[^>]*\ssrc=", page) is None
+
+
+def _chain_log_snr(num_timesteps: int) -> np.ndarray:
+    """log-SNR of a viewer's frames for the linear schedule: t = T ... 1 then +inf (x_0)."""
+    abar = np.asarray(schedules.make_schedule("linear", num_timesteps).alphas_cumprod, np.float64)
+    return np.append(np.log(abar / (1 - abar))[::-1], np.inf)
+
+
+def test_log_snr_frames_are_the_nearest_frames_to_even_log_snr_targets():
+    """Where the frames are denser than the spacing, each pick is the frame nearest to its
+    target (brute force), from x_T to the final sample, and the count is exact."""
+    lam = np.append(np.linspace(-10.0, 8.0, 3000) + 0.001 * np.sin(np.arange(3000)), np.inf)
+    nearest = lambda targets: np.abs(lam[:-1, None] - targets[None]).argmin(axis=0)
+    picks = visualize.log_snr_frames(lam, 61, window=(-20.0, 20.0))  # the chain's whole range
+    np.testing.assert_array_equal(picks, np.append(nearest(np.linspace(lam[0], lam[-2], 60)),
+                                                   3000))
+    picks = visualize.log_snr_frames(lam, 61, window=(-4.0, 6.0))
+    np.testing.assert_array_equal(picks[1:-1], nearest(np.linspace(-4.0, 6.0, 60))[1:])
+    assert picks[0] == 0 and picks[-1] == 3000
+
+
+def test_log_snr_frames_of_the_demo_schedule():
+    """T = 1000 linear: exactly the asked count, strictly increasing, from x_T to x_0; all but
+    x_T and x_0 inside the window, at log-SNR gaps even up to the rounding to a step where the
+    steps are finer than the spacing (uniform t: a 25-fold spread), and never 2 spacings
+    apart where they are not."""
+    lam = _chain_log_snr(1000)
+    picks = visualize.log_snr_frames(lam, 100)
+    assert len(picks) == 100 and picks[0] == 0 and picks[-1] == 1000
+    assert (np.diff(picks) > 0).all()
+    inner = lam[picks[1:-1]]
+    assert inner.min() >= -4.05 and inner.max() <= 5.05
+    spacing = 9 / 98
+    gaps = np.diff(inner)
+    fine = np.diff(lam)[picks[1:-2]] < spacing / 4  # steps much finer than the spacing
+    error = np.abs(gaps[fine] / spacing - 1)  # rounding to a step moves each end <= step / 2
+    assert fine.sum() >= 60 and error.max() < 0.25 and np.median(error) < 0.05
+    assert gaps.max() < 2 * spacing  # no jumps where the steps are coarser
+    uniform = np.diff(lam[np.linspace(0, 999, 99).astype(int)])
+    assert uniform.max() / uniform.min() > 25
+    assert len(visualize.log_snr_frames(_chain_log_snr(20), 100)) == 21  # all when fewer
+    np.testing.assert_array_equal(visualize.log_snr_frames(lam[:-1], 2), [0, 999])
+
+
+def _bad_html(**changes):
+    """save_reverse_process_html with valid arguments but ``changes`` (log_snr follows a changed
+    timesteps' length unless given)."""
+    args = dict(x_t=np.zeros((3, 4, 4, 1), np.uint8), x0_pred=np.zeros((3, 4, 4, 1), np.uint8),
+                timesteps=[3, 2, 1], log_snr=[-1.0, 0.0, 1.0])
+    if "timesteps" in changes:
+        args["log_snr"] = np.zeros(len(changes["timesteps"]))
+    args.update(changes)
+    return lambda: visualize.save_reverse_process_html("unused.html", **args)
 
 
 @pytest.mark.parametrize(
@@ -271,24 +353,20 @@ def test_reverse_process_html_is_self_contained(tmp_path):
          "scale"),
         (lambda: visualize.save_gif("unused.gif", np.zeros((2, 4, 4, 3), np.uint8), frame_ms=5),
          "frame_ms"),
-        (lambda: visualize.save_reverse_process_html(
-            "unused.html", x_t=np.zeros((3, 4, 4, 1), np.uint8),
-            x0_pred=np.zeros((2, 4, 4, 1), np.uint8), timesteps=[3, 2, 1]), "same number"),
-        (lambda: visualize.save_reverse_process_html(
-            "unused.html", x_t=np.zeros((3, 4, 4, 1), np.uint8),
-            x0_pred=np.zeros((3, 4, 4, 1), np.uint8), timesteps=[3, 2]), "same number"),
-        (lambda: visualize.save_reverse_process_html(
-            "unused.html", x_t=np.zeros((3, 4, 4, 1), np.uint8),
-            x0_pred=np.zeros((3, 4, 4, 4), np.uint8), timesteps=[3, 2, 1]), "x0_pred"),
-        (lambda: visualize.save_reverse_process_html(
-            "unused.html", x_t=np.zeros((3, 2, 4, 4, 1), np.uint8),
-            x0_pred=np.zeros((3, 4, 4, 1), np.uint8), timesteps=[3, 2, 1]), "x_t"),
-        (lambda: visualize.save_reverse_process_html(
-            "unused.html", x_t=np.zeros((3, 4, 4, 1), np.uint8),
-            x0_pred=np.zeros((3, 4, 4, 1), np.uint8), timesteps=[3.0, 2.0, 1.0]), "integer"),
-        (lambda: visualize.save_reverse_process_html(
-            "unused.html", x_t=np.zeros((3, 4, 4, 1), np.uint8),
-            x0_pred=np.zeros((3, 4, 4, 1), np.uint8), timesteps=[1, 0, -1]), ">= 0"),
+        (_bad_html(x0_pred=np.zeros((2, 4, 4, 1), np.uint8)), "same number"),
+        (_bad_html(timesteps=[3, 2]), "same number"),
+        (_bad_html(x0_pred=np.zeros((3, 4, 4, 4), np.uint8)), "x0_pred"),
+        (_bad_html(x_t=np.zeros((3, 2, 4, 4, 1), np.uint8)), "x_t"),
+        (_bad_html(timesteps=[3.0, 2.0, 1.0]), "integer"),
+        (_bad_html(timesteps=[1, 0, -1]), ">= 0"),
+        (_bad_html(log_snr=[-1.0, 0.0]), "log_snr must be finite or \\+inf floats shaped like"),
+        (_bad_html(log_snr=[-np.inf, 0.0, 1.0]), "log_snr must be finite or \\+inf"),
+        (_bad_html(log_snr=[np.nan, 0.0, 1.0]), "log_snr must be finite or \\+inf"),
+        (lambda: visualize.log_snr_frames([1.0, 0.0, 2.0], 2), "nondecreasing"),
+        (lambda: visualize.log_snr_frames([0.0, np.inf, 2.0], 2), "finite but for a last"),
+        (lambda: visualize.log_snr_frames([0.0], 2), ">= 2 values"),
+        (lambda: visualize.log_snr_frames([0.0, 1.0], 1), "num_frames"),
+        (lambda: visualize.log_snr_frames([0.0, 1.0], 2, window=(1.0, 1.0)), "window"),
     ],
 )
 def test_bad_inputs_raise_value_error(tmp_path, monkeypatch, call, message):
@@ -298,15 +376,77 @@ def test_bad_inputs_raise_value_error(tmp_path, monkeypatch, call, message):
     assert list(tmp_path.iterdir()) == []  # nothing is written on bad input
 
 
-def test_reverse_process_html_page_is_unchanged_by_its_move_to_package_data(tmp_path,
-                                                                            monkeypatch):
-    """The page (package data ``reverse_process.html``) writes the same bytes as the inline
-    template it replaced (commit fef72b6). PNG encoding is stubbed out, so the digest depends on
-    the page and the frames' JSON only, not on Pillow's zlib; after a deliberate edit of the
-    page, update the digest."""
-    monkeypatch.setattr(visualize, "_png_data_uri",
-                        lambda frame: f"png:{frame.shape}:{int(frame.sum())}")
-    page = _write_html(tmp_path, 3)
-    assert hashlib.sha256(page.encode("utf-8")).hexdigest() == (
-        "e5c234d393587061f698f9d9a2b6f128c4e0404051095bb5d60f24754c953258")
+def _chromium(page, frame, profile, output):
+    """Headless Chromium opening ``page`` at ``#frame=K``, started in the background: ``output``
+    is ``--screenshot=PNG`` or ``--dump-dom`` (the DOM to stdout once the page has drawn)."""
+    return subprocess.Popen(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={profile}", "--hide-scrollbars",
+         "--force-device-scale-factor=1", "--force-color-profile=srgb",
+         "--virtual-time-budget=1000",  # lets the page decode its frames before the output
+         "--window-size=1200,900", output, f"{page.as_uri()}#frame={frame}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
+
+def _find(screenshot, image):
+    """Top-left corners (y, x) of every exact occurrence of ``image`` [h, w, 3] in
+    ``screenshot``, found by searching for its middle row."""
+    middle = image.shape[0] // 2
+    needle, found = image[middle].tobytes(), []
+    for y in range(middle, screenshot.shape[0] - image.shape[0] + middle + 1):
+        row, x = screenshot[y].tobytes(), -1
+        while (x := row.find(needle, x + 1)) >= 0:
+            top = y - middle
+            if x % 3 == 0 and np.array_equal(
+                    screenshot[top:top + image.shape[0], x // 3:x // 3 + image.shape[1]], image):
+                found.append((top, x // 3))
+    return found
+
+
+def _correlation(a, b):
+    return np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make test installs it)")
+def test_reverse_process_html_in_chromium_shows_noise_half_formed_and_final(tmp_path):
+    """The page in a real browser: at the slider's start, middle and end the x_t canvas shows
+    exactly the frames written (pure noise, a half-formed image, the final sample), scaled up
+    without smoothing, and the readout names t and the SNR."""
+    yy, xx = np.mgrid[:28, :28]
+    x0 = np.stack([np.where((yy - 14) ** 2 + (xx - 11 - 2 * i) ** 2 < 80 - 15 * i, 0.9, -0.9)
+                   for i in range(4)])[..., None]  # four discs of different sizes
+    num_frames, rng = 101, np.random.default_rng(0)
+    signal = np.linspace(0.0, 1.0, num_frames)[:, None, None, None, None]  # half at the middle
+    x_t = signal * x0 + np.sqrt(1 - signal ** 2) * rng.standard_normal((num_frames, *x0.shape))
+    grids = lambda frames: np.stack([visualize.make_grid(visualize.to_uint8(f), scale=1)
+                                     for f in frames])
+    x_t_grids, x0_grids = grids(x_t), grids(np.clip(x_t / np.maximum(signal, 0.1), -1, 1))
+    log_snr = np.append(np.linspace(-8.0, 8.0, num_frames - 1), np.inf)
+    page = tmp_path / "reverse.html"
+    visualize.save_reverse_process_html(page, x_t=x_t_grids, x0_pred=x0_grids,
+                                        timesteps=np.arange(num_frames)[::-1], log_snr=log_snr)
+    frames = [0, num_frames // 2, num_frames - 1]
+    runs = [_chromium(page, frame, tmp_path / f"profile_{frame}",
+                      f"--screenshot={tmp_path / f'{frame}.png'}") for frame in frames]
+    dom = _chromium(page, frames[1], tmp_path / "profile_dom", "--dump-dom").communicate(
+        timeout=60)[0]
+    assert [run.wait(timeout=60) for run in runs] == [0, 0, 0]
+    shots = [np.asarray(Image.open(tmp_path / f"{frame}.png").convert("RGB")) for frame in frames]
+    scale = 512 // max(x_t_grids.shape[1:3])  # the page's integer upscaling (MAX_SIDE = 512)
+    upscaled = lambda grid: np.repeat(grid, 3, axis=-1).repeat(scale, 0).repeat(scale, 1)
+    final = upscaled(x_t_grids[-1])
+    (top, left), *_ = _find(shots[-1], final)  # the x_t canvas is the leftmost match
+    height, width = final.shape[:2]
+    shown = [shot[top:top + height, left:left + width] for shot in shots]
+    for frame, pixels in zip(frames, shown):
+        np.testing.assert_array_equal(pixels, upscaled(x_t_grids[frame]))
+    tiles = [pixels[::scale, ::scale, 0][2:30, 2:30] for pixels in shown]  # the first tile
+    assert abs(_correlation(tiles[0], tiles[-1])) < 0.2  # start: noise, unrelated to x_0
+    assert abs(_correlation(tiles[0][:, 1:], tiles[0][:, :-1])) < 0.2  # no spatial structure
+    assert 0.4 < _correlation(tiles[1], tiles[-1]) < 0.9  # middle: half-formed
+    assert len(_find(shots[1], upscaled(x0_grids[frames[1]]))) == 1  # the x_0 prediction too
+    # The middle frame's readout: t = 50, log-SNR 0.08 (linspace(-8, 8, 100)[50]).
+    assert '<span id="label">t = 50</span>' in dom
+    assert '<span id="snr">SNR = 1.08  (log-SNR 0.08)</span>' in dom
+    assert '<span id="counter">frame 50 / 100</span>' in dom
