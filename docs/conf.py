@@ -3,7 +3,10 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.abspath(".."))  # the checkout's ddpm_jax, and generate.py's modules
+ROOT = os.path.abspath("..")
+sys.path.insert(0, ROOT)  # autodoc documents this checkout's ddpm_jax
+# The notebooks' kernels inherit this: they import this checkout's ddpm_jax and configs/.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 project = "ddpm_jax"
 author = "ddpm_jax authors"
