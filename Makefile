@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Each creates .venv and installs what it needs.
+# Two commands: `make demo` and `make test` (and `make docs`). Each creates .venv and installs what
+# it needs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ DEMO_SAMPLE := $(PY) sample.py --workdir $(DEMO_DIR) --num_samples $(DEMO_SAMPLE
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test bench data browser clean
+.PHONY: demo test docs bench data browser clean
 
 $(VENV)/.installed-%: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,16 @@ demo: $(VENV)/.installed-test data
 
 test: $(VENV)/.installed-test data browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests"; exit $$rc; }
+
+# The documentation site (docs/): notebooks executed on CPU, warnings are errors, so a failing
+# cell or a docstring that does not render fails the build. Offline MathJax from Debian.
+MATHJAX := /usr/share/javascript/mathjax/MathJax.js
+docs: $(VENV)/.installed-docs data $(MATHJAX)
+	rm -rf docs/_build/html docs/api/_autosummary
+	$(PY) -m sphinx -b html -W --keep-going -j 1 docs docs/_build/html
+	@echo "open file://$(abspath docs/_build/html/index.html)"
+$(MATHJAX):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libjs-mathjax
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/run.py

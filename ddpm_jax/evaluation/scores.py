@@ -17,7 +17,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
     """Squared Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-    |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)). The last trace is the
+    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``. The last trace is the
     sum of the square roots of the eigenvalues of sigma1^(1/2) sigma2 sigma1^(1/2), a symmetric
     PSD matrix with the same spectrum as sigma1 sigma2; both come from ``eigh``, so nothing is
     complex and singular covariances (N <= F) are fine. Round-off eigenvalues below 0 count as 0.

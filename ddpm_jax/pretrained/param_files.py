@@ -50,7 +50,7 @@ def load_params(path: str, *, like: Any = None) -> Any:
         tensor must exist with its shape, none may be left over, and each takes its dtype.
 
     Returns:
-      The parameter pytree of ``jax.Array``s (nested dicts).
+      The parameter pytree of ``jax.Array`` leaves (nested dicts).
     """
     path = epath.Path(path)
     fmt = _check_format(path)

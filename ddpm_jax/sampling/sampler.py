@@ -109,7 +109,7 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
         advance a progress bar. ``None`` (the default) adds nothing to the program.
 
     Returns:
-      x_0 [*shape], or ``(x_0, Trajectory)`` when ``trajectory_every`` is set.
+      x_0 ``[*shape]``, or ``(x_0, Trajectory)`` when ``trajectory_every`` is set.
     """
     diffusion.check_choice("sampler", sampler, SAMPLERS)
     if not isinstance(eta, jax.core.Tracer) and not 0.0 <= eta <= 1.0:
