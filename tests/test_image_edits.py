@@ -94,7 +94,8 @@ def test_sample_cli_edit_modes(trained_workdir, files, tmp_path):
     assert np.load(tmp_path / "interpolate" / "samples.npz")["images"].shape[0] == 5
     bad = run_cli(*common, "--inpaint", str(files / "picture.png"), "--out", str(tmp_path / "x"))
     assert bad.returncode != 0 and not (tmp_path / "x").exists()
-    assert bad.stderr.strip().splitlines()[-1] == "sample.py: error: --inpaint and --mask go together"
+    assert (bad.stderr.strip().splitlines()[-1]
+            == "sample.py: error: --inpaint and --mask go together")
 
 
 @pytest.mark.slow
