@@ -10,7 +10,9 @@ r"""Evaluates a trained DDPM: bits/dim, FID, KID and IS, written to a JSON file.
         --reference_stats fid_stats_cifar10_train.npz --num_samples 50000
 
 ``bpd``: the variational bound on --bpd_split (all T terms, or an unbiased Monte Carlo estimate
-with --bpd_estimator mc). ``fid``: FID / KID of --num_samples samples against --reference_split,
+with --bpd_estimator mc). ``bpd_ode``: bits/dim by the probability-flow ODE on the same images
+(score_sde's likelihood, --ode_* flags), with its time per image. ``fid``: FID / KID of
+--num_samples samples against --reference_split,
 on the classifier's (or InceptionV3's) features. ``floor``: the same for the first --num_samples
 real images of --floor_split, the best a model can do at that count. ``is``: the Inception Score
 of the same samples (InceptionV3's 1008-way logits, 10 splits).
@@ -30,11 +32,12 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    compilation_cache, data, distributed, evaluation, generate, pretrained, sampling, train_lib)
+    compilation_cache, data, distributed, evaluation, generate, likelihood, pretrained, sampling,
+    train_lib)
 from ddpm_jax.checkpointing import as_path  # noqa: E402
 from ddpm_jax.evaluation import inception  # noqa: E402
 
-METRICS = ("bpd", "fid", "is", "floor")
+METRICS = ("bpd", "bpd_ode", "fid", "is", "floor")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (bpd, fid and is need it or --pretrained).")
@@ -55,6 +58,13 @@ flags.DEFINE_enum("bpd_estimator", "full", list(evaluation.bound.ESTIMATORS),
                   "full: all T terms per image; mc: prior and decoder exact + --bpd_timesteps "
                   "stratified timesteps (unbiased, T/K times cheaper).")
 flags.DEFINE_integer("bpd_timesteps", None, "K, timesteps per image of --bpd_estimator=mc.")
+# Bits/dim by the probability-flow ODE.
+flags.DEFINE_enum("ode_trace", "hutchinson", list(likelihood.TRACES),
+                  "Divergence: one Hutchinson probe per image, or exact (small images only).")
+flags.DEFINE_enum("ode_solver", "dopri5", sorted(likelihood.SOLVERS), "The diffrax solver.")
+flags.DEFINE_integer("ode_num_steps", None, "Fixed solver steps (default: adaptive, "
+                     "--ode_tolerance).", lower_bound=1)
+flags.DEFINE_float("ode_tolerance", 1e-5, "rtol = atol of the adaptive steps.")
 # FID / KID.
 flags.DEFINE_string("classifier", None, "Feature classifier file (written by --train_classifier).")
 flags.DEFINE_string("inception_weights", None,
@@ -197,7 +207,7 @@ def evaluate() -> dict:
                          "it needs --metrics fid or floor, and no --reference_stats")
     if "bpd" in FLAGS.metrics and FLAGS.bpd_estimator == "mc" and FLAGS.bpd_timesteps is None:
         raise ValueError("--bpd_estimator=mc needs --bpd_timesteps (K, the timesteps per image)")
-    needs_run = {"bpd", "fid", "is"} & set(FLAGS.metrics)
+    needs_run = {"bpd", "bpd_ode", "fid", "is"} & set(FLAGS.metrics)
     if needs_run and not (FLAGS.workdir or FLAGS.pretrained):
         raise ValueError(f"metrics {sorted(needs_run)} need --workdir or --pretrained")
     if FLAGS.workdir and FLAGS.pretrained:
@@ -221,6 +231,13 @@ def evaluate() -> dict:
             evaluation.bits_per_dim, trained, source, params=FLAGS.params,
             batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed,
             estimator=FLAGS.bpd_estimator, timesteps_per_image=FLAGS.bpd_timesteps)}
+    if "bpd_ode" in FLAGS.metrics:
+        source = open_split(FLAGS.bpd_split)
+        results["bpd_ode"] = {"split": FLAGS.bpd_split, **_timed(
+            evaluation.ode_bits_per_dim, trained, source, params=FLAGS.params,
+            batch_size=FLAGS.bpd_batch_size, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed,
+            trace=FLAGS.ode_trace, solver=FLAGS.ode_solver, num_steps=FLAGS.ode_num_steps,
+            rtol=FLAGS.ode_tolerance, atol=FLAGS.ode_tolerance)}
     if {"fid", "is", "floor"} & set(FLAGS.metrics):
         extractor, results["feature_network"], logits_weight = _feature_network()
     if {"fid", "floor"} & set(FLAGS.metrics):

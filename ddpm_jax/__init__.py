@@ -13,6 +13,7 @@ from ddpm_jax.diffusion import (
     q_sample,
     v_from_x0_eps,
 )
+from ddpm_jax.likelihood import ode_log_likelihood
 from ddpm_jax.losses import (
     VariationalBound,
     discretized_gaussian_log_likelihood,
@@ -26,12 +27,16 @@ from ddpm_jax.losses import (
 from ddpm_jax.sampling import (
     Trajectory,
     classifier_free_guidance,
+    ddim_invert,
     ddim_step,
     dpmpp_2m_sde_step,
     dpmpp_2m_step,
     heun_step,
+    inpaint,
     sample,
     sampling_timesteps,
+    sdedit,
+    slerp,
 )
 from ddpm_jax.schedules import Schedule, make_schedule, respace
 

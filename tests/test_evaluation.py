@@ -297,7 +297,8 @@ def test_evaluate_cli(trained_workdir, fashion_dir, tmp_path):
     bad = run_cli("evaluate.py", "--workdir", str(trained_workdir), "--metrics", "fid,bleu")
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1] == (
-        "evaluate.py: error: unknown metrics ['bleu']; expected any of ['bpd', 'fid', 'is', 'floor']")
+        "evaluate.py: error: unknown metrics ['bleu']; expected any of "
+        "['bpd', 'bpd_ode', 'fid', 'is', 'floor']")
 
 
 def test_evaluate_cli_names_the_flag_k_comes_from(tmp_path):

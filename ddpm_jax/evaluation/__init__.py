@@ -8,8 +8,9 @@ Carlo), ``scores`` (Frechet distance, KID, Inception Score), ``features`` (the f
 protocol), ``classifier`` (the project's small CNN, which suits MNIST-like data), ``inception``
 (pytorch-fid's InceptionV3 for FIDs comparable with papers: ``inception_net`` the network,
 ``downloads`` and ``torch_state_dict`` its weights fetched and read without torch), ``reference``
-(cached statistics of real images, pytorch-fid / TTUR stats files) and ``fid`` (generated images
-against them). The public names are re-exported here.
+(cached statistics of real images, pytorch-fid / TTUR stats files), ``fid`` (generated images
+against them) and ``ode_bpd`` (bits/dim by the probability-flow ODE). The public names are
+re-exported here.
 """
 
 from ddpm_jax.evaluation import inception
@@ -22,6 +23,7 @@ from ddpm_jax.evaluation.classifier import (
 )
 from ddpm_jax.evaluation.features import FeatureExtractor, FeatureFunction
 from ddpm_jax.evaluation.fid import compare_features, fid_kid
+from ddpm_jax.evaluation.ode_bpd import ode_bits_per_dim
 from ddpm_jax.evaluation.reference import (
     ReferenceStats,
     load_reference_stats,

@@ -5,8 +5,10 @@
                   for your own loops; ancestral DDPM's step is ``diffusion.p_sample_step``)
     timesteps.py  ``sampling_timesteps`` and its ``SPACINGS``: which trained timesteps are visited
     guidance.py   ``classifier_free_guidance``
+    editing.py    ``inpaint`` (RePaint), ``sdedit``, ``ddim_invert``, ``slerp``
 """
 
+from ddpm_jax.sampling.editing import ddim_invert, inpaint, sdedit, slerp
 from ddpm_jax.sampling.guidance import classifier_free_guidance
 from ddpm_jax.sampling.sampler import SAMPLERS, Trajectory, default_spacing, model_calls, sample
 from ddpm_jax.sampling.steps import ddim_step, dpmpp_2m_sde_step, dpmpp_2m_step, heun_step
@@ -16,3 +18,4 @@ __all__ = ["SAMPLERS", "SPACINGS", "Trajectory", "classifier_free_guidance", "dd
            "default_spacing",
            "dpmpp_2m_sde_step", "dpmpp_2m_step", "heun_step", "model_calls", "sample",
            "sampling_timesteps"]
+__all__ += ["ddim_invert", "inpaint", "sdedit", "slerp"]

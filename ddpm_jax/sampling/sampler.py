@@ -79,9 +79,9 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
            sampler: str = "ddpm", num_steps: int | None = None, spacing: str | None = None,
            eta: float = 0.0, target: str = "eps", variance: str = "fixedlarge",
            clip_x0: bool = True, trajectory_every: int | None = None,
-           progress: Callable[[jax.Array], None] | None = None
+           progress: Callable[[jax.Array], None] | None = None, x_T: jax.Array | None = None
            ) -> jax.Array | tuple[jax.Array, Trajectory]:
-    """Generates samples by running the reverse process from x_T ~ N(0, I).
+    """Generates samples by running the reverse process from x_T ~ N(0, I) (or a given x_T).
 
     Args:
       denoise_fn: ``denoise_fn(x_t [B, ...], t [B]) -> model_output``, any traceable function,
@@ -107,6 +107,9 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
         the number of steps. Memory grows with steps / k.
       progress: called on the host with the step counter (0, 1, ...) after every step, e.g. to
         advance a progress bar. ``None`` (the default) adds nothing to the program.
+      x_T: [*shape] the starting noise (e.g. from ``editing.ddim_invert`` or a stored run);
+        ``None`` (the default) draws it from ``key``. The per-step noise comes from ``key``
+        either way, so a given x_T equal to the drawn one gives bit-identical samples.
 
     Returns:
       x_0 ``[*shape]``, or ``(x_0, Trajectory)`` when ``trajectory_every`` is set.
@@ -116,6 +119,8 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
         raise ValueError(f"eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: ancestral)")
     shape = _check_shape(shape)
     spacing = default_spacing(sampler) if spacing is None else spacing
+    if x_T is not None and tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected the sample shape {shape}")
     model_timesteps = sampling_timesteps(schedule, num_steps, spacing=spacing)
     steps = model_timesteps.shape[0]
     chunk = _check_trajectory_every(trajectory_every, steps)
@@ -151,7 +156,7 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
         return carry_out, (carry[0], pred_x0[0])
 
     indices = jnp.arange(steps - 1, -1, -1).reshape(steps // chunk, chunk)
-    x_T = jax.random.normal(noise_key, shape)
+    x_T = jax.random.normal(noise_key, shape) if x_T is None else jnp.asarray(x_T)
     (x0, _), (frames_x_t, frames_pred_x0) = jax.lax.scan(run_chunk, (x_T, jnp.zeros_like(x_T)),
                                                          indices)
     if trajectory_every is None:
