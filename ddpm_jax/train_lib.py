@@ -188,12 +188,32 @@ def denoiser(model: UNet, params: Any, labels: jax.Array | None = None, **apply_
     return lambda x, t: model.apply({"params": params}, x, t, labels, **apply_kwargs)
 
 
-def micro_batch(tree: Any, index: int, count: int) -> Any:
-    """Micro-batch ``index`` of ``count``: rows index, index + count, ... of every [B, ...] leaf.
+def accumulate_gradients(grad_fn: Callable, params: Any, examples: Any, key: jax.Array,
+                         count: int) -> Any:
+    """The mean of ``grad_fn(params, micro, key_i)`` over ``count`` micro-batches of ``examples``.
 
-    Strided, so that with the batch sharded over devices in contiguous blocks (B / count a
-    multiple of the device count) every device keeps its own rows: no data moves."""
-    return jax.tree.map(lambda x: x.reshape(-1, count, *x.shape[1:])[:, index], tree)
+    Micro-batch i holds rows i, i + count, ... of every [B, ...] leaf (strided, so that with the
+    batch sharded over devices in contiguous blocks, B / count a multiple of the device count,
+    every device keeps its own rows), and ``key_i`` is ``fold_in(key, i)``. A ``lax.scan`` runs
+    them, so one micro-batch's activations are alive at a time and the program holds one copy of
+    the gradient whatever ``count``. (XLA:CPU runs that loop ~27x slower than straight-line
+    code, but only the loop bounds the memory: unrolled, XLA:CPU kept the whole batch's; see the
+    docs' performance page.) With ``count = 1``, ``grad_fn(params, examples, key)``.
+    """
+    if count == 1:
+        return grad_fn(params, examples, key)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, count, *x.shape[1:]), 0, 1),
+                         examples)
+
+    def body(total, index_and_micro):
+        index, batch = index_and_micro
+        part = grad_fn(params, batch, jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, total, part), None
+
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(count), micro))
+    return jax.tree.map(lambda value: value / count, total)
 
 
 def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTransformation,
@@ -203,10 +223,9 @@ def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTr
     ``batch`` holds ``image`` [B, H, W, C] in [-1, 1] (and ``label`` [B] when conditional);
     ``key`` is the run's base key, folded with ``state.step`` inside. With
     ``training.grad_accum_steps = A`` the gradient is the mean of A micro-batches' gradients of
-    B / A examples each, computed one after the other (straight-line code, not a rolled loop:
-    see ``train_loop.make_multi_step``), before one optimizer and EMA update. Every example keeps
-    the timestep, noise and label drop it gets in the whole batch, so A only changes float
-    rounding (and the dropout masks, drawn per micro-batch).
+    B / A examples each (``accumulate_gradients``), before one optimizer and EMA update. Every
+    example keeps the timestep, noise and label drop it gets in the whole batch, so A only
+    changes float rounding (and the dropout masks, drawn per micro-batch).
     """
     d, tr = config.diffusion, config.training
     accum = tr.get("grad_accum_steps", 1)  # runs saved before the option existed: 1
@@ -229,13 +248,8 @@ def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTr
                 loss_weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma)
             return jnp.mean(per_example)
 
-        grad_fn = jax.value_and_grad(loss_fn)
-        if accum == 1:
-            loss, grads = grad_fn(state.params, examples, dropout_key)
-        else:
-            parts = [grad_fn(state.params, micro_batch(examples, i, accum),
-                             jax.random.fold_in(dropout_key, i)) for i in range(accum)]
-            loss, grads = jax.tree.map(lambda *values: sum(values) / accum, *parts)
+        loss, grads = accumulate_gradients(jax.value_and_grad(loss_fn), state.params, examples,
+                                           dropout_key, accum)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, tr.ema_decay, tr.ema_warmup)
