@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.training.batch_size = 128  # global, over all devices and processes
     config.training.num_steps = 800_000
     config.training.steps_per_call = 1  # K updates per jitted call; the *_every are multiples
+    # A micro-batches of batch_size / A per update, gradients averaged (memory of B / A)
+    config.training.grad_accum_steps = 1
     config.training.log_every = 100  # metrics are averaged over these steps
     config.training.checkpoint_every = 10_000
     config.training.max_to_keep = 3

@@ -124,7 +124,42 @@ def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key:
       denoise_fn: ``denoise_fn(x_t [B, ...], t [B]) -> model_output``.
       schedule: the diffusion schedule.
       x0: [B, ...] clean data in [-1, 1].
-      key: PRNG key for t and eps.
+      key: PRNG key for t and eps (``draw_t_and_noise``).
+      target, variance, loss, vlb_weight, loss_weighting, min_snr_gamma: as in
+        ``training_loss_given``.
+
+    Returns:
+      [B] losses; take the mean for the batch loss.
+    """
+    t, noise = draw_t_and_noise(schedule, key, x0)
+    return training_loss_given(denoise_fn, schedule, x0, t, noise, target=target,
+                               variance=variance, loss=loss, vlb_weight=vlb_weight,
+                               loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma)
+
+
+def draw_t_and_noise(schedule: Schedule, key: jax.Array,
+                     x0: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The training draws for a batch: t [B] ~ U{0, ..., T-1} and eps [B, ...] ~ N(0, I)."""
+    t_key, noise_key = jax.random.split(key)
+    t = jax.random.randint(t_key, x0.shape[:1], 0, schedule.num_timesteps)
+    return t, jax.random.normal(noise_key, x0.shape, x0.dtype)
+
+
+def training_loss_given(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, t: jax.Array,
+                        noise: jax.Array, *, target: str = "eps", variance: str = "fixedlarge",
+                        loss: str = "simple", vlb_weight: float = 1e-3,
+                        loss_weighting: str = "none", min_snr_gamma: float = 5.0) -> jax.Array:
+    """Per-example training loss at given timesteps and noise (``training_loss`` draws them).
+
+    Each example's loss depends only on its own x0, t and noise, so a batch split into
+    micro-batches (gradient accumulation) gives the same losses as the whole.
+
+    Args:
+      denoise_fn: ``denoise_fn(x_t [B, ...], t [B]) -> model_output``.
+      schedule: the diffusion schedule.
+      x0: [B, ...] clean data in [-1, 1].
+      t: [B] timesteps (array index, 0 = the paper's t = 1).
+      noise: [B, ...] the eps that makes x_t.
       target: what the network predicts (``'eps'``, ``'x0'``, ``'v'``).
       variance: the reverse variance (see ``diffusion.p_mean_variance``).
       loss: ``'simple'``: mean squared error of the target (Ho et al.'s L_simple, mean over
@@ -154,9 +189,6 @@ def training_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key:
     if loss == "hybrid" and variance != "learned_range":
         raise ValueError(f"loss='hybrid' trains a learned variance; it needs "
                          f"variance='learned_range', got {variance!r}")
-    t_key, noise_key = jax.random.split(key)
-    t = jax.random.randint(t_key, x0.shape[:1], 0, schedule.num_timesteps)
-    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = diffusion.q_sample(schedule, x0, t, noise)
     model_output = denoise_fn(x_t, t)
     if loss == "vlb":

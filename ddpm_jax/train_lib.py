@@ -55,7 +55,7 @@ MEANING_KEYS = ("model.", "diffusion.", "data.image_size", "image_shape")
 # ordinary restart). Any other change needs ``allow_config_changes``.
 BOOKKEEPING_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every",
                     "training.sample_every", "training.num_preview_samples",
-                    "training.max_to_keep", "training.steps_per_call",
+                    "training.max_to_keep", "training.steps_per_call", "training.grad_accum_steps",
                     "training.async_checkpoints", "sampling.", "data.data_dir", "data.cache_dir")
 
 
@@ -188,32 +188,68 @@ def denoiser(model: UNet, params: Any, labels: jax.Array | None = None, **apply_
     return lambda x, t: model.apply({"params": params}, x, t, labels, **apply_kwargs)
 
 
+def accumulate_gradients(grad_fn: Callable, params: Any, examples: Any, key: jax.Array,
+                         count: int) -> Any:
+    """The mean of ``grad_fn(params, micro, key_i)`` over ``count`` micro-batches of ``examples``.
+
+    Micro-batch i holds rows i, i + count, ... of every [B, ...] leaf (strided, so that with the
+    batch sharded over devices in contiguous blocks, B / count a multiple of the device count,
+    every device keeps its own rows), and ``key_i`` is ``fold_in(key, i)``. A ``lax.scan`` runs
+    them, so one micro-batch's activations are alive at a time and the program holds one copy of
+    the gradient whatever ``count``. (XLA:CPU runs that loop ~27x slower than straight-line
+    code, but only the loop bounds the memory: unrolled, XLA:CPU kept the whole batch's; see the
+    docs' performance page.) With ``count = 1``, ``grad_fn(params, examples, key)``.
+    """
+    if count == 1:
+        return grad_fn(params, examples, key)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, count, *x.shape[1:]), 0, 1),
+                         examples)
+
+    def body(total, index_and_micro):
+        index, batch = index_and_micro
+        part = grad_fn(params, batch, jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, total, part), None
+
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(count), micro))
+    return jax.tree.map(lambda value: value / count, total)
+
+
 def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
     """``train_step(state, batch, key) -> (state, metrics)``: one update and the EMA, unjitted.
 
     ``batch`` holds ``image`` [B, H, W, C] in [-1, 1] (and ``label`` [B] when conditional);
-    ``key`` is the run's base key, folded with ``state.step`` inside.
+    ``key`` is the run's base key, folded with ``state.step`` inside. With
+    ``training.grad_accum_steps = A`` the gradient is the mean of A micro-batches' gradients of
+    B / A examples each (``accumulate_gradients``), before one optimizer and EMA update. Every
+    example keeps the timestep, noise and label drop it gets in the whole batch, so A only
+    changes float rounding (and the dropout masks, drawn per micro-batch).
     """
     d, tr = config.diffusion, config.training
+    accum = tr.get("grad_accum_steps", 1)  # runs saved before the option existed: 1
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
         loss_key, dropout_key, label_key = jax.random.split(step_key, 3)
-        labels = batch.get("label") if model.num_classes is not None else None
-        if labels is not None:
-            drop = jax.random.bernoulli(label_key, tr.label_dropout, labels.shape)
-            labels = jnp.where(drop, model.num_classes, labels)
+        t, noise = losses.draw_t_and_noise(schedule, loss_key, batch["image"])
+        examples = dict(image=batch["image"], t=t, noise=noise)
+        if model.num_classes is not None:
+            drop = jax.random.bernoulli(label_key, tr.label_dropout, batch["label"].shape)
+            examples["label"] = jnp.where(drop, model.num_classes, batch["label"])
 
-        def loss_fn(params):
-            denoise_fn = denoiser(model, params, labels, train=True, rngs={"dropout": dropout_key})
-            per_example = losses.training_loss(
-                denoise_fn, schedule, batch["image"], loss_key, target=d.target,
-                variance=d.variance, loss=d.loss, vlb_weight=d.vlb_weight,
+        def loss_fn(params, micro, dropout_key):
+            denoise_fn = denoiser(model, params, micro.get("label"), train=True,
+                                  rngs={"dropout": dropout_key})
+            per_example = losses.training_loss_given(
+                denoise_fn, schedule, micro["image"], micro["t"], micro["noise"],
+                target=d.target, variance=d.variance, loss=d.loss, vlb_weight=d.vlb_weight,
                 loss_weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma)
             return jnp.mean(per_example)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = accumulate_gradients(jax.value_and_grad(loss_fn), state.params, examples,
+                                           dropout_key, accum)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, tr.ema_decay, tr.ema_warmup)
@@ -246,6 +282,11 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if batch < 1 or batch % devices:
         raise ValueError(f"training.batch_size={batch} must be a positive multiple of the "
                          f"device count {devices}")
+    accum = tr.get("grad_accum_steps", 1)
+    if accum < 1 or batch % (accum * devices):
+        raise ValueError(f"training.batch_size={batch} must be a multiple of "
+                         f"training.grad_accum_steps={accum} times the device count {devices} "
+                         f"(each micro-batch is split over the devices)")
     for name in ("num_steps", "log_every", "checkpoint_every", "steps_per_call"):
         if tr[name] < 1:
             raise ValueError(f"training.{name} must be >= 1, got {tr[name]}")

@@ -20,17 +20,20 @@ def make_multi_step(train_step: Callable) -> Callable:
     """``multi_step(state, batches, key) -> (state, metrics)``: ``train_step`` over K batches.
 
     ``batches`` holds ``train_step``'s batch with a leading axis of K (e.g. ``image`` [K, B, H,
-    W, C]); ``metrics`` gets the same leading axis. For K > 1 a ``lax.scan``, so one jitted call
-    makes K updates; each inner step folds ``state.step`` into ``key`` as a single call would.
-    K = 1 calls ``train_step`` directly: XLA:CPU ran the U-Net's step ~20x slower inside a scan,
-    and the two compile apart, so K = 1 equals K > 1 to float rounding (K > 1 among themselves
-    bit for bit). Unjitted.
+    W, C]); ``metrics`` gets the same leading axis. One jitted call makes K updates; each step
+    folds ``state.step`` into ``key`` as a single call would. The K steps are unrolled (a Python
+    loop under the caller's jit, K copies of the step in the program), not a rolled
+    ``lax.scan``: XLA:CPU runs the step's convolution gradients ~20-30x slower inside a loop
+    body (benchmarks/scan_unroll_repro.py), while straight-line code lets it schedule across
+    steps. Compile time grows with K. Unjitted.
     """
     def multi_step(state, batches: dict[str, jax.Array], key: jax.Array):
-        if jax.tree.leaves(batches)[0].shape[0] == 1:  # K = 1: no scan (see the docstring)
-            state, metrics = train_step(state, jax.tree.map(lambda x: x[0], batches), key)
-            return state, jax.tree.map(lambda x: x[None], metrics)
-        return jax.lax.scan(lambda s, batch: train_step(s, batch, key), state, batches)
+        steps = jax.tree.leaves(batches)[0].shape[0]
+        metrics = []
+        for i in range(steps):
+            state, step_metrics = train_step(state, jax.tree.map(lambda x: x[i], batches), key)
+            metrics.append(step_metrics)
+        return state, jax.tree.map(lambda *values: jnp.stack(values), *metrics)
 
     return multi_step
 

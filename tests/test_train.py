@@ -12,6 +12,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import test as test_config
@@ -77,6 +78,45 @@ def test_device_count_does_not_change_the_result(setup):
     np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("accum, num_devices", [(2, 4), (4, 2)])
+def test_gradient_accumulation_equals_the_whole_batch(setup, accum, num_devices):
+    """training.grad_accum_steps = A: A micro-batches of B / A (sharded over the devices) give the
+    whole batch's loss, gradient norm and update to float rounding: every example keeps its t,
+    noise and label drop. Accumulation lives inside one step, so no checkpoint can hold a
+    partial one (resume stays exact by construction)."""
+    config, state, batch, step = setup
+    accum_config = ml_collections.ConfigDict(config.to_dict())
+    accum_config.training.grad_accum_steps = accum
+    model = train_lib.make_model(config, (28, 28, 1))
+    accum_step = train_lib.make_train_step(model, train_lib.make_schedule_from_config(config),
+                                           train_lib.make_optimizer(config), accum_config)
+    mesh = train_lib.data_mesh(jax.devices()[:num_devices])
+    train_lib.validate(accum_config, mesh)
+    rep, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    runs = []
+    for fn in (jax.jit(step), jax.jit(accum_step, in_shardings=(rep, sharded, rep),
+                                      out_shardings=(rep, rep))):
+        s, metrics = state, []
+        for _ in range(2):
+            s, m = fn(s, batch, jax.random.key(3))
+            metrics.append(m)
+        runs.append((s, jax.device_get(metrics)))
+    (whole, whole_metrics), (micro, micro_metrics) = runs
+    for a, b in zip(whole_metrics, micro_metrics):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(micro)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_accum_steps_must_split_the_batch_over_the_devices(fashion_dir, tmp_path):
+    config = make_config(fashion_dir, grad_accum_steps=2)  # 8 / 2 = 4 rows for 8 devices
+    with pytest.raises(ValueError, match=r"training.batch_size=8 must be a multiple of "
+                                         r"training.grad_accum_steps=2 times the device count 8"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_ema_warmup():

@@ -32,8 +32,8 @@ def state_template(config):
 
 def test_steps_per_call_does_not_change_the_result(fashion_dir):
     """K = 2 and 4 give bit-identical parameters, EMA and optimizer state after 4 steps; K = 1
-    the same to float rounding (it calls the step directly, not through a scan, which XLA:CPU
-    compiles apart and ran ~20x slower; the two differ in the last bits)."""
+    the same to float rounding (the K unrolled steps compile as one program, which XLA may fuse
+    differently from a single step's)."""
     config = make_config(fashion_dir)
     model = train_lib.make_model(config, (28, 28, 1))
     optimizer = train_lib.make_optimizer(config)
