@@ -1,5 +1,8 @@
 """Training as a library: ``create_train_state``, ``make_train_step``, ``train_and_evaluate``.
 
+The checks a run's config passes before anything is written, and the run files, are in
+``run_config``.
+
 Randomness is derived, never stored: the step's key is ``fold_in(key(seed), step)`` and the data
 order is a function of (seed, step), so a resumed run is bit-identical to an uninterrupted one.
 The batch is sharded over a ``data`` mesh axis spanning every device of every process; parameters
@@ -9,10 +12,7 @@ devices draw the same t or noise and the result does not depend on the device co
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -26,11 +26,14 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import (checkpointing, data, losses, sampling, train_loop,
-                      visualize)
+from ddpm_jax import checkpointing, data, losses, sampling, train_loop, visualize
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
+# The run-configuration checks and run files live in run_config; re-exported under their old names.
+from ddpm_jax.run_config import (CONFIG_FILE, IMAGE_SHAPE_FILE, check_labels,  # noqa: F401
+                                 check_resume_config, config_changes, read_image_shape,
+                                 split_options, validate, write_run_files)
 from ddpm_jax.schedules import Schedule, make_schedule
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
@@ -44,89 +47,6 @@ class TrainState:
     params: Any
     ema_params: Any
     opt_state: Any
-
-
-CONFIG_FILE = "config.json"
-IMAGE_SHAPE_FILE = "image_shape.json"  # beside config.json: the [H, W, C] the model was trained on
-
-# On resume, changes under these keys would make the checkpoints mean something else: refused.
-MEANING_KEYS = ("model.", "diffusion.", "data.image_size", "image_shape")
-# How long to run and what to log or keep: free to change on resume (extending a run is the
-# ordinary restart). Any other change needs ``allow_config_changes``.
-BOOKKEEPING_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every",
-                    "training.sample_every", "training.num_preview_samples",
-                    "training.max_to_keep", "training.steps_per_call",
-                    "training.async_checkpoints", "sampling.", "data.data_dir", "data.cache_dir")
-
-
-def read_image_shape(workdir: str | os.PathLike[str]) -> tuple[int, int, int]:
-    return tuple(json.loads((checkpointing.as_path(workdir) / IMAGE_SHAPE_FILE).read_text()))
-
-
-def write_run_files(workdir: epath.Path, config: ml_collections.ConfigDict,
-                    image_shape: tuple[int, int, int]) -> None:
-    """Writes ``config.json`` and ``image_shape.json``, which describe the run's checkpoints."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-    (workdir / IMAGE_SHAPE_FILE).write_text(json.dumps(list(image_shape)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for k, v in tree.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
-
-
-def config_changes(workdir: epath.Path, config: ml_collections.ConfigDict,
-                   image_shape: tuple[int, int, int]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, new)}`` for each setting (and ``image_shape``) that differs from the
-    workdir's ``config.json``; empty when there is nothing saved to compare with."""
-    if not (workdir / CONFIG_FILE).exists():
-        return {}
-    saved = _flatten(json.loads((workdir / CONFIG_FILE).read_text()))
-    saved["image_shape"] = list(read_image_shape(workdir))
-    new = _flatten(json.loads(config.to_json_best_effort()))
-    new["image_shape"] = list(image_shape)
-    absent = "<absent>"
-    return {k: (saved.get(k, absent), new.get(k, absent)) for k in sorted(saved.keys() | new.keys())
-            if saved.get(k, absent) != new.get(k, absent)}
-
-
-def check_resume_config(workdir: epath.Path, config: ml_collections.ConfigDict,
-                        image_shape: tuple[int, int, int], *,
-                        allow_config_changes: bool = False) -> None:
-    """Raises a one-line ValueError, before anything is written, when ``workdir`` holds
-    checkpoints of a config that differs from ``config`` in a way that is not allowed:
-    ``MEANING_KEYS`` always, any other key but ``BOOKKEEPING_KEYS`` unless
-    ``allow_config_changes``; or whose latest step is not a multiple of
-    ``training.steps_per_call``."""
-    steps = checkpointing.saved_steps(workdir / "checkpoints")
-    if not steps:
-        return
-    if steps[-1] % config.training.steps_per_call:
-        raise ValueError(f"the checkpoint's step {steps[-1]} is not a multiple of "
-                         f"training.steps_per_call={config.training.steps_per_call}; resume with "
-                         "a steps_per_call that divides it")
-    changes = config_changes(workdir, config, image_shape)
-    describe = lambda keys: ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
-    refused = [k for k in changes if k.startswith(MEANING_KEYS)]
-    if refused:
-        raise ValueError(f"{workdir} holds checkpoints of another model or diffusion; changed: "
-                         f"{describe(refused)}. Use a new workdir")
-    flagged = [k for k in changes if not k.startswith(BOOKKEEPING_KEYS)]
-    if flagged and not allow_config_changes:
-        raise ValueError(f"resuming {workdir} with a changed training setup: {describe(flagged)}. "
-                         f"Pass --allow_config_changes to resume with it")
-
-
-def check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -> None:
-    """Raises a one-line error when ``config.model.num_classes`` is not the dataset's."""
-    wanted = config.model.num_classes
-    if wanted is not None and wanted != source.num_classes:
-        has = "no labels" if source.num_classes is None else f"{source.num_classes} classes"
-        raise ValueError(f"config.model.num_classes={wanted} but the {source.description} "
-                         f"has {has}")
 
 
 def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> UNet:
@@ -239,53 +159,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
 
 
-def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """Raises a one-line error for settings that cannot run on ``mesh``."""
-    tr = config.training
-    batch, devices = tr.batch_size, mesh.size
-    if batch < 1 or batch % devices:
-        raise ValueError(f"training.batch_size={batch} must be a positive multiple of the "
-                         f"device count {devices}")
-    for name in ("num_steps", "log_every", "checkpoint_every", "steps_per_call"):
-        if tr[name] < 1:
-            raise ValueError(f"training.{name} must be >= 1, got {tr[name]}")
-    if tr.sample_every < 0:
-        raise ValueError(f"training.sample_every must be >= 0, got {tr.sample_every}")
-    for name in ("num_steps", "log_every", "checkpoint_every", "sample_every"):
-        if tr[name] % tr.steps_per_call:
-            raise ValueError(f"training.{name}={tr[name]} must be a multiple of "
-                             f"training.steps_per_call={tr.steps_per_call}")
-    checkpointing.check_max_to_keep(tr.max_to_keep)
-
-
-class _StopRequested:
-    """Records SIGINT / SIGTERM so the loop can checkpoint and return cleanly."""
-
-    def __init__(self):
-        self.signal = None
-
-    @contextlib.contextmanager
-    def installed(self):
-        handler = lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name)
-        try:
-            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        except ValueError:  # not the main thread: signals stay with the caller
-            previous = {}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-
-def split_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``data.load_split``'s arguments besides the name, split and data dir, from ``config.data``:
-    the image size and a folder's path and preparation settings (None where a run saved before
-    they existed lacks them)."""
-    return {key: config.data.get(key) for key in (
-        "image_size", "path", "channels", "labels_from_subdirs", "cache_dir", "skip_bad_images")}
-
-
 def sampling_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
     """The keyword arguments of ``sampling.sample`` that a run's config fixes: its ``sampling``
     block (``spacing`` 'time' for runs saved before it existed) with the diffusion's
@@ -380,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     with Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep,
                       async_save=tr.async_checkpoints) as ckpt, \
-            _StopRequested().installed() as stop:
+            train_loop.StopRequested().installed() as stop:
         state = _restore_or_start(ckpt, state, workdir, config, image_shape, source.class_names)
         start = int(state.step)
         writer = MetricWriter(workdir)
@@ -423,7 +296,7 @@ def make_train_call(train_step: Callable, key: jax.Array, mesh: Mesh) -> Callabl
 
 def _run_loop(state: TrainState, train_call: Callable, batches, *, start: int,
               config: ml_collections.ConfigDict, mesh: Mesh, ckpt: Checkpointer,
-              stop: "_StopRequested", writer: MetricWriter, bar: tqdm,
+              stop: train_loop.StopRequested, writer: MetricWriter, bar: tqdm,
               write_preview: Callable) -> TrainState:
     """Steps ``start + 1 .. num_steps`` in calls of K, logging, saving and previewing at the
     call boundaries that are multiples of their intervals; returns the last state.

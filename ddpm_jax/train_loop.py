@@ -7,6 +7,8 @@ Needs only jax and numpy, so the GPU benchmark times the same pieces ``train_lib
 from __future__ import annotations
 
 import collections
+import contextlib
+import signal
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -105,3 +107,23 @@ class PendingMetrics:
 
     def clear(self) -> None:
         self._calls = []
+
+
+class StopRequested:
+    """Records SIGINT / SIGTERM so the loop can checkpoint and return cleanly."""
+
+    def __init__(self):
+        self.signal = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        handler = lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name)
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals stay with the caller
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

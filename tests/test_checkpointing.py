@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from configs import test as test_config
 from conftest import run_cli
-from ddpm_jax import checkpointing, generate, metric_writer, train_lib
+from ddpm_jax import checkpointing, generate, metric_writer, run_config, train_lib
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError
 
 TREE = {"a": jnp.arange(1000.0), "b": {"c": jnp.ones((3, 4))}}
@@ -181,13 +181,13 @@ def test_gs_workdir_is_never_rewritten_into_a_local_path(tmp_path, monkeypatch):
         assert os.fspath(workdir) == "gs://bucket/run"
         Checkpointer(workdir / "checkpoints")
         assert os.fspath(captured["dir"]) == "gs://bucket/run/checkpoints"
-        train_lib.write_run_files(workdir, test_config.get_config(), (28, 28, 1))
+        run_config.write_run_files(workdir, test_config.get_config(), (28, 28, 1))
         train_lib.save_preview(workdir, 4, jnp.zeros((4, 28, 28, 1)))
         writer = metric_writer.MetricWriter("gs://bucket/run")
         writer.write(1, {"loss": 0.5})
         writer.write(2, {"loss": 0.25})
         writer.close()
-        assert train_lib.read_image_shape("gs://bucket/run") == (28, 28, 1)
+        assert run_config.read_image_shape("gs://bucket/run") == (28, 28, 1)
         images = np.zeros((4, 28, 28, 1), np.float32)
         generate.write_outputs("gs://bucket/run/samples", generate.Samples(
             images, np.zeros(images.shape, np.uint8), None, {"seed": 0}))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import test as test_config
-from ddpm_jax import data, evaluation, train_lib
+from ddpm_jax import data, evaluation, run_config, train_lib
 from ddpm_jax.data import folder
 from conftest import run_cli
 
@@ -320,7 +320,7 @@ def test_num_classes_must_match_the_folder(image_folder, tmp_path):
     config.model.num_classes = 4
     with pytest.raises(ValueError, match=f"^config.model.num_classes=4 but the image folder "
                                          f"{root} has 3 classes$"):
-        train_lib.check_labels(config, load(root, tmp_path))
+        run_config.check_labels(config, load(root, tmp_path))
 
 
 def test_reference_statistics_of_a_folder(image_folder, tmp_path):

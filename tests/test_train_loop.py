@@ -16,7 +16,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax import compilation_cache, data, generate, train_lib, train_loop
+from ddpm_jax import compilation_cache, data, generate, run_config, train_lib, train_loop
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT, run_cli
@@ -89,7 +89,7 @@ def test_intervals_must_be_multiples_of_steps_per_call(fashion_dir, field, value
     config.training[field] = value
     with pytest.raises(ValueError, match=rf"training\.{field}={value} must be a multiple of "
                                          r"training\.steps_per_call=4"):
-        train_lib.validate(config, train_lib.data_mesh())
+        run_config.validate(config, train_lib.data_mesh())
 
 
 def test_resume_step_must_be_a_multiple_of_steps_per_call(trained_workdir, fashion_dir,
