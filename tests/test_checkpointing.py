@@ -3,6 +3,7 @@ failed checkpoints reported by step and path with the last good one intact."""
 
 import errno
 import importlib
+import logging
 import os
 import pathlib
 import re
@@ -66,12 +67,14 @@ def test_interrupted_save_leftovers_are_removed_on_open(tmp_path):
     restores_step(directory, 2)
 
 
-def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path):
+def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path, caplog):
     """sample.py / evaluate.py / export open checkpoints read-only: a save in progress beside
-    them (its temporary directory) is not cleaned up, and a missing directory is not created."""
+    them (its temporary directory) is not cleaned up, and a missing directory is not created;
+    orbax says nothing about it (it used to warn twice on every sample.py run)."""
     directory = saved(tmp_path / "ckpt")
     in_progress = directory / "3.orbax-checkpoint-tmp-1764612345678901"
     (in_progress / "default").mkdir(parents=True)
+    caplog.clear()
     with Checkpointer(directory, read_only=True) as ckpt:
         assert ckpt.all_steps() == [1, 2]
         np.testing.assert_array_equal(ckpt.restore(TREE, 2)["a"], TREE["a"] + 2)
@@ -79,6 +82,7 @@ def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path
     with Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
         assert ckpt.latest_step() is None
     assert not (tmp_path / "absent").exists()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("damage", ["truncated array file", "missing metadata"])
