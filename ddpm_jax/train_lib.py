@@ -26,11 +26,11 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import checkpointing, data, losses, sampling, train_loop, visualize
+from ddpm_jax import checkpointing, data, losses, run_config, sampling, train_loop, visualize
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
-# The run-configuration checks and run files live in run_config; re-exported under their old names.
+# Re-exported: these names of run_config were train_lib's before it existed.
 from ddpm_jax.run_config import (CONFIG_FILE, IMAGE_SHAPE_FILE, check_labels,  # noqa: F401
                                  check_resume_config, config_changes, read_image_shape,
                                  split_options, validate, write_run_files)
@@ -161,33 +161,56 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def sampling_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
     """The keyword arguments of ``sampling.sample`` that a run's config fixes: its ``sampling``
-    block (``spacing`` 'time' for runs saved before it existed) with the diffusion's
-    ``variance`` and ``target``; ``overrides`` that are not None replace them."""
+    block (``spacing`` 'time' for runs saved before it existed; ``guidance_scale`` is not one of
+    them: see ``guidance_scale``) with the diffusion's ``variance`` and ``target``; ``overrides``
+    that are not None replace them."""
     settings = {"spacing": "time", **config.sampling.to_dict(),
                 "variance": config.diffusion.variance, "target": config.diffusion.target}
+    settings.pop("guidance_scale", None)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
 
 
+def guidance_scale(config: ml_collections.ConfigDict) -> float:
+    """``sampling.guidance_scale`` of a conditional run (1, plain conditional sampling, for runs
+    saved before it existed)."""
+    return config.sampling.get("guidance_scale", 1.0)
+
+
+def preview_labels(num_samples: int, num_classes: int) -> np.ndarray:
+    """int32 [num_samples]: 0, 1, ..., K-1, 0, 1, ...: a preview shows every class in turn."""
+    return np.arange(num_samples, dtype=np.int32) % num_classes
+
+
 def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict) -> Callable:
-    """``fn(params, key, shape) -> images`` with the config's sampler settings; unjitted."""
+    """``fn(params, key, shape) -> images`` with the config's sampler settings; unjitted. A
+    conditional model samples the classes in turn (``preview_labels``) with the config's
+    ``guidance_scale``."""
     settings = sampling_settings(config)
-    return lambda params, key, shape, **kw: sampling.sample(
-        denoiser(model, params), schedule, key, shape, **settings, **kw)
+
+    def fn(params, key, shape, **kw):
+        if model.num_classes is None:
+            denoise_fn = denoiser(model, params)
+        else:
+            denoise_fn = sampling.classifier_free_guidance(
+                lambda x, t, y: model.apply({"params": params}, x, t, y),
+                preview_labels(shape[0], model.num_classes),
+                null_label=model.num_classes, guidance_scale=guidance_scale(config))
+        return sampling.sample(denoise_fn, schedule, key, shape, **settings, **kw)
+
+    return fn
 
 
 def _restore_or_start(ckpt: Checkpointer, state: TrainState, workdir: epath.Path,
-                      config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-                      class_names: list[str] | None) -> TrainState:
+                      config: ml_collections.ConfigDict, source: data.ImageSource) -> TrainState:
     """The latest checkpoint (or ``state`` on a fresh run); only then, on process 0, the run's
-    ``config.json``, ``image_shape.json`` (and ``labels.json``), so a failed restore leaves them
-    as they were."""
+    files (``run_config.write_run_files``), so a failed restore leaves them as they were."""
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
     if jax.process_index() == 0:
-        write_run_files(workdir, config, image_shape)
-        if class_names is not None:
-            data.write_class_names(workdir, class_names)
+        run_config.write_run_files(workdir, config, source.image_shape,
+                                   class_names=source.class_names,
+                                   fingerprint=source.fingerprint)
     return state
 
 
@@ -216,17 +239,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         and the path, and the last complete checkpoint stays intact.
       FloatingPointError: the loss became non-finite; names the step and the last checkpoint,
         which stays intact.
+      MemoryError: the accelerator ran out of memory; names the batch, image and model sizes.
     """
     mesh = data_mesh() if mesh is None else mesh
-    validate(config, mesh)
+    run_config.validate(config, mesh)
+    config = run_config.with_absolute_data_paths(config)
     workdir = checkpointing.as_path(workdir)
     tr = config.training
     d = config.data
-    source = data.load_split(d.name, d.train_split, data_dir=d.data_dir, **split_options(config))
+    source = data.load_split(d.name, d.train_split, data_dir=d.data_dir,
+                             **run_config.split_options(config))
     data.check_holds_a_batch(source, batch_size=tr.batch_size)
-    check_labels(config, source)
+    run_config.check_labels(config, source)
     image_shape = source.image_shape
-    check_resume_config(workdir, config, image_shape, allow_config_changes=allow_config_changes)
+    resuming = bool(checkpointing.saved_steps(workdir / "checkpoints"))
+    run_config.check_attention(config, image_shape[0], resuming=resuming)
+    run_config.check_resume_config(workdir, config, run_config.source_facts(source),
+                                   allow_config_changes=allow_config_changes)
     model = make_model(config, image_shape)
     schedule = make_schedule_from_config(config)
     optimizer = make_optimizer(config)
@@ -238,8 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # host-local array enters a program that spans several processes.
     state = jax.jit(lambda: create_train_state(model, optimizer, init_key, image_shape),
                     out_shardings=replicated)()
-    train_call = make_train_call(make_train_step(model, schedule, optimizer, config), train_key,
-                                 mesh)
+    train_call = train_loop.make_train_call(make_train_step(model, schedule, optimizer, config),
+                                            train_key, mesh)
     draw = sample_fn(model, schedule, config)
     preview_shape = (tr.num_preview_samples, *image_shape)
     preview = jax.jit(lambda params, step: draw(params, jax.random.fold_in(preview_key, step),
@@ -251,10 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if is_chief:
             save_preview(workdir, step, images)
 
-    with Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep,
-                      async_save=tr.async_checkpoints) as ckpt, \
+    count_params = lambda: sum(x.size for x in jax.tree.leaves(state.params))
+    with run_config.explain_out_of_memory(config, image_shape, count_params), \
+            Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep,
+                         async_save=tr.async_checkpoints) as ckpt, \
             train_loop.StopRequested().installed() as stop:
-        state = _restore_or_start(ckpt, state, workdir, config, image_shape, source.class_names)
+        state = _restore_or_start(ckpt, state, workdir, config, source)
         start = int(state.step)
         writer = MetricWriter(workdir)
         batches = data.train_iterator(
@@ -272,26 +303,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             writer.close()
             batches.close()
     return state
-
-
-def make_train_call(train_step: Callable, key: jax.Array, mesh: Mesh) -> Callable:
-    """The loop's one jitted program: ``call(state, batches, votes) -> (state, metrics, stop)``.
-
-    K = ``batches``' leading axis updates of ``train_step`` with base ``key`` (closed over: every
-    process holds the same constant, so no host-local array enters a program that spans several
-    processes); ``metrics`` are [K] per name; ``stop`` is whether any process voted to stop
-    (``train_loop.stop_votes``). The state is donated.
-    """
-    replicated = NamedSharding(mesh, P())
-    multi_step = train_loop.make_multi_step(train_step)
-
-    def call(state, batches, votes):
-        state, metrics = multi_step(state, batches, key)
-        return state, metrics, jnp.any(votes)
-
-    return jax.jit(call, in_shardings=(replicated, train_loop.stacked_sharding(mesh),
-                                       NamedSharding(mesh, P("data"))),
-                   out_shardings=replicated, donate_argnums=0)
 
 
 def _run_loop(state: TrainState, train_call: Callable, batches, *, start: int,
@@ -321,7 +332,8 @@ def _run_loop(state: TrainState, train_call: Callable, batches, *, start: int,
         # Every process reads the same agreed vote, one call late, and stops after this call.
         stopping = previous_vote is not None and bool(previous_vote)
         previous_vote = vote
-        if step % tr.log_every == 0:
+        # A stop or the last step logs the steps since the last log: they never run again.
+        if step % tr.log_every == 0 or step == tr.num_steps or stopping:
             clock = _log(pending, writer, bar, ckpt, step, clock)
         if step % tr.checkpoint_every == 0 or step == tr.num_steps or stopping:
             _raise_if_non_finite(pending, ckpt)
