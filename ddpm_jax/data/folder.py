@@ -210,7 +210,8 @@ def _note_older_entries(cache_dir: pathlib.Path, entry: pathlib.Path, root: path
     stay until deleted: another run may still read them."""
     older = [other for other in cache_dir.iterdir()
              if other.name.startswith(f"{root.name}-") and other != entry
-             and (other / META).exists() and json.loads((other / META).read_text()).get("root") == str(root)]
+             and (other / META).exists()
+             and json.loads((other / META).read_text()).get("root") == str(root)]
     if older:
         size = sum(f.stat().st_size for other in older for f in other.iterdir()) / 2**20
         logging.warning("%d older prepared entries of %s (%.0f MiB) remain in %s: %s; delete them "
