@@ -35,7 +35,8 @@ def main(argv):
     try:
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                      allow_config_changes=FLAGS.allow_config_changes)
-    except (ValueError, OSError, FloatingPointError) as e:  # OSError: unwritable or corrupt files
+    # OSError: unwritable or corrupt files; MemoryError: the accelerator's memory (one line).
+    except (ValueError, OSError, FloatingPointError, MemoryError) as e:
         sys.exit(f"train.py: error: {e}")
 
 

@@ -77,4 +77,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampling.spacing = ml_collections.config_dict.placeholder(str)
     config.sampling.eta = 0.0  # ddim only
     config.sampling.clip_x0 = True  # images in [-1, 1]; False for unbounded data
+    config.sampling.guidance_scale = 1.0  # conditional models: 1 plain, 0 unconditional, >1 guided
     return config

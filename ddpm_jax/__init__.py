@@ -17,10 +17,12 @@ from ddpm_jax.likelihood import ode_log_likelihood
 from ddpm_jax.losses import (
     VariationalBound,
     discretized_gaussian_log_likelihood,
+    draw_t_and_noise,
     min_snr_weight,
     normal_kl,
     prior_kl,
     training_loss,
+    training_loss_given,
     variational_bound,
     vlb_term,
 )

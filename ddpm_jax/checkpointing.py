@@ -6,10 +6,13 @@ bucket path and a local path is made absolute.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Iterator
 
+from absl import logging as absl_logging
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -83,6 +86,21 @@ def _ignore_reads_after_a_failed_restore() -> None:
     sys.unraisablehook = hook
 
 
+@contextlib.contextmanager
+def _without_read_only_notice() -> Iterator[None]:
+    """Drops orbax's warning that a read-only manager's directory is read only, which it logs
+    whenever one is opened (sample.py, evaluate.py): we asked for read-only."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+    logger = absl_logging.get_absl_logger()
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 class Checkpointer:
     """Saves and restores a pytree train state under ``directory/<step>``.
 
@@ -99,12 +117,14 @@ class Checkpointer:
                  async_save: bool = True, read_only: bool = False):
         check_max_to_keep(max_to_keep)
         self.directory = as_path(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=None if read_only else max_to_keep, create=not read_only,
-                cleanup_tmp_directories=not read_only, read_only=read_only,
-                enable_async_checkpointing=async_save))
+        # Read-only: no saves (interval 0) and nothing deleted (max_to_keep None), stated here
+        # so orbax does not warn that it changed them.
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else max_to_keep, create=not read_only,
+            cleanup_tmp_directories=not read_only, read_only=read_only,
+            save_interval_steps=0 if read_only else 1, enable_async_checkpointing=async_save)
+        with _without_read_only_notice():
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._pending_step = None
 
     def latest_step(self) -> int | None:

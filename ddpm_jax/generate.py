@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import sampling, schedules, train_lib, visualize
+from ddpm_jax import run_config, sampling, schedules, train_lib, visualize
 from ddpm_jax.checkpointing import Checkpointer, as_path
 from ddpm_jax.models import UNet
 from ddpm_jax.pretrained import Pretrained
@@ -134,8 +134,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
       sampler, num_steps, spacing, eta: override the run's ``config.sampling`` (a spacing of
         None in both is the sampler's recommendation, ``sampling.default_spacing``).
       variance: ``'fixedlarge'`` / ``'fixedsmall'`` (default: the training config's).
-      guidance_scale: classifier-free guidance scale for conditional models (default 1; 0 is
-        unconditional). 1 and 0 run one model pass per step, other scales two. A model without
+      guidance_scale: classifier-free guidance scale for conditional models (default: the run's
+        ``sampling.guidance_scale``, else 1; 0 is unconditional). 1 and 0 run one model pass per step, other scales two. A model without
         a null label (``UNet.has_null_label``) allows only 1.
       labels: class labels in [0, num_classes) for conditional models, and num_classes itself
         (the null label: unconditional) when the model has one; cycled over the samples
@@ -156,7 +156,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
     if batch_size < 1 or batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the device "
                          f"count {mesh.size}")
-    s = train_lib.sampling_settings(config, sampler=sampler, num_steps=num_steps,
+    s = run_config.sampling_settings(config, sampler=sampler, num_steps=num_steps,
                                     spacing=spacing, eta=eta, variance=variance)
     if s["spacing"] is None:  # recorded in the settings as the spacing actually used
         s["spacing"] = sampling.default_spacing(s["sampler"])
@@ -175,7 +175,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
             raise ValueError(f"label {bad[0]} is outside [0, {model.num_labels - 1}] (the "
                              f"classes{null})")
         all_labels = np.resize(np.asarray(cycle, np.int32), num_batches * batch_size)
-        scale = 1.0 if guidance_scale is None else float(guidance_scale)
+        scale = (run_config.guidance_scale(config) if guidance_scale is None
+                 else float(guidance_scale))
         if scale != 1.0 and not model.has_null_label:
             raise ValueError(f"guidance_scale={scale} needs a model with a null label; this "
                              "one has none (a diffusers class-conditional model not exported by "

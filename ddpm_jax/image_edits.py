@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
-from ddpm_jax import data, generate, sampling, train_lib, visualize
+from ddpm_jax import data, generate, run_config, sampling, train_lib, visualize
 from ddpm_jax.checkpointing import as_path
 from ddpm_jax.data.images import resize_and_center_crop, to_channels
 from ddpm_jax.pretrained import Pretrained
@@ -118,7 +118,7 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
                 raise ValueError(f"interpolate needs a deterministic sampler (ddim with eta 0, "
                                  f"dpmpp_2m or heun), got {sampler!r} with eta={eta}")
             sampler, eta = "ddim", 0.0
-    s = train_lib.sampling_settings(trained.config, sampler=sampler, num_steps=num_steps,
+    s = run_config.sampling_settings(trained.config, sampler=sampler, num_steps=num_steps,
                                     spacing=spacing, eta=eta, variance=variance)
     shape = (num_samples, *trained.image_shape)
     inputs = {}

@@ -1,5 +1,8 @@
 """Training as a library: ``create_train_state``, ``make_train_step``, ``train_and_evaluate``.
 
+The checks a run's config passes before anything is written, and the run files, are in
+``run_config``.
+
 Randomness is derived, never stored: the step's key is ``fold_in(key(seed), step)`` and the data
 order is a function of (seed, step), so a resumed run is bit-identical to an uninterrupted one.
 The batch is sharded over a ``data`` mesh axis spanning every device of every process; parameters
@@ -9,10 +12,7 @@ devices draw the same t or noise and the result does not depend on the device co
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -26,11 +26,14 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ddpm_jax import (checkpointing, data, losses, sampling, train_loop,
-                      visualize)
+from ddpm_jax import checkpointing, data, losses, run_config, sampling, train_loop, visualize
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
+# Re-exported: these names of run_config were train_lib's before it existed.
+from ddpm_jax.run_config import (CONFIG_FILE, IMAGE_SHAPE_FILE, check_labels,  # noqa: F401
+                                 check_resume_config, config_changes, read_image_shape,
+                                 split_options, validate, write_run_files)
 from ddpm_jax.schedules import Schedule, make_schedule
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
@@ -44,89 +47,6 @@ class TrainState:
     params: Any
     ema_params: Any
     opt_state: Any
-
-
-CONFIG_FILE = "config.json"
-IMAGE_SHAPE_FILE = "image_shape.json"  # beside config.json: the [H, W, C] the model was trained on
-
-# On resume, changes under these keys would make the checkpoints mean something else: refused.
-MEANING_KEYS = ("model.", "diffusion.", "data.image_size", "image_shape")
-# How long to run and what to log or keep: free to change on resume (extending a run is the
-# ordinary restart). Any other change needs ``allow_config_changes``.
-BOOKKEEPING_KEYS = ("training.num_steps", "training.log_every", "training.checkpoint_every",
-                    "training.sample_every", "training.num_preview_samples",
-                    "training.max_to_keep", "training.steps_per_call", "training.grad_accum_steps",
-                    "training.async_checkpoints", "sampling.", "data.data_dir", "data.cache_dir")
-
-
-def read_image_shape(workdir: str | os.PathLike[str]) -> tuple[int, int, int]:
-    return tuple(json.loads((checkpointing.as_path(workdir) / IMAGE_SHAPE_FILE).read_text()))
-
-
-def write_run_files(workdir: epath.Path, config: ml_collections.ConfigDict,
-                    image_shape: tuple[int, int, int]) -> None:
-    """Writes ``config.json`` and ``image_shape.json``, which describe the run's checkpoints."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-    (workdir / IMAGE_SHAPE_FILE).write_text(json.dumps(list(image_shape)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for k, v in tree.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
-
-
-def config_changes(workdir: epath.Path, config: ml_collections.ConfigDict,
-                   image_shape: tuple[int, int, int]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, new)}`` for each setting (and ``image_shape``) that differs from the
-    workdir's ``config.json``; empty when there is nothing saved to compare with."""
-    if not (workdir / CONFIG_FILE).exists():
-        return {}
-    saved = _flatten(json.loads((workdir / CONFIG_FILE).read_text()))
-    saved["image_shape"] = list(read_image_shape(workdir))
-    new = _flatten(json.loads(config.to_json_best_effort()))
-    new["image_shape"] = list(image_shape)
-    absent = "<absent>"
-    return {k: (saved.get(k, absent), new.get(k, absent)) for k in sorted(saved.keys() | new.keys())
-            if saved.get(k, absent) != new.get(k, absent)}
-
-
-def check_resume_config(workdir: epath.Path, config: ml_collections.ConfigDict,
-                        image_shape: tuple[int, int, int], *,
-                        allow_config_changes: bool = False) -> None:
-    """Raises a one-line ValueError, before anything is written, when ``workdir`` holds
-    checkpoints of a config that differs from ``config`` in a way that is not allowed:
-    ``MEANING_KEYS`` always, any other key but ``BOOKKEEPING_KEYS`` unless
-    ``allow_config_changes``; or whose latest step is not a multiple of
-    ``training.steps_per_call``."""
-    steps = checkpointing.saved_steps(workdir / "checkpoints")
-    if not steps:
-        return
-    if steps[-1] % config.training.steps_per_call:
-        raise ValueError(f"the checkpoint's step {steps[-1]} is not a multiple of "
-                         f"training.steps_per_call={config.training.steps_per_call}; resume with "
-                         "a steps_per_call that divides it")
-    changes = config_changes(workdir, config, image_shape)
-    describe = lambda keys: ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
-    refused = [k for k in changes if k.startswith(MEANING_KEYS)]
-    if refused:
-        raise ValueError(f"{workdir} holds checkpoints of another model or diffusion; changed: "
-                         f"{describe(refused)}. Use a new workdir")
-    flagged = [k for k in changes if not k.startswith(BOOKKEEPING_KEYS)]
-    if flagged and not allow_config_changes:
-        raise ValueError(f"resuming {workdir} with a changed training setup: {describe(flagged)}. "
-                         f"Pass --allow_config_changes to resume with it")
-
-
-def check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -> None:
-    """Raises a one-line error when ``config.model.num_classes`` is not the dataset's."""
-    wanted = config.model.num_classes
-    if wanted is not None and wanted != source.num_classes:
-        has = "no labels" if source.num_classes is None else f"{source.num_classes} classes"
-        raise ValueError(f"config.model.num_classes={wanted} but the {source.description} "
-                         f"has {has}")
 
 
 def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> UNet:
@@ -275,87 +195,35 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
 
 
-def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """Raises a one-line error for settings that cannot run on ``mesh``."""
-    tr = config.training
-    batch, devices = tr.batch_size, mesh.size
-    if batch < 1 or batch % devices:
-        raise ValueError(f"training.batch_size={batch} must be a positive multiple of the "
-                         f"device count {devices}")
-    accum = tr.get("grad_accum_steps", 1)
-    if accum < 1 or batch % (accum * devices):
-        raise ValueError(f"training.batch_size={batch} must be a multiple of "
-                         f"training.grad_accum_steps={accum} times the device count {devices} "
-                         f"(each micro-batch is split over the devices)")
-    for name in ("num_steps", "log_every", "checkpoint_every", "steps_per_call"):
-        if tr[name] < 1:
-            raise ValueError(f"training.{name} must be >= 1, got {tr[name]}")
-    if tr.sample_every < 0:
-        raise ValueError(f"training.sample_every must be >= 0, got {tr.sample_every}")
-    for name in ("num_steps", "log_every", "checkpoint_every", "sample_every"):
-        if tr[name] % tr.steps_per_call:
-            raise ValueError(f"training.{name}={tr[name]} must be a multiple of "
-                             f"training.steps_per_call={tr.steps_per_call}")
-    checkpointing.check_max_to_keep(tr.max_to_keep)
-
-
-class _StopRequested:
-    """Records SIGINT / SIGTERM so the loop can checkpoint and return cleanly."""
-
-    def __init__(self):
-        self.signal = None
-
-    @contextlib.contextmanager
-    def installed(self):
-        handler = lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name)
-        try:
-            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        except ValueError:  # not the main thread: signals stay with the caller
-            previous = {}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-
-def split_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``data.load_split``'s arguments besides the name, split and data dir, from ``config.data``:
-    the image size and a folder's path and preparation settings (None where a run saved before
-    they existed lacks them)."""
-    return {key: config.data.get(key) for key in (
-        "image_size", "path", "channels", "labels_from_subdirs", "cache_dir", "skip_bad_images")}
-
-
-def sampling_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
-    """The keyword arguments of ``sampling.sample`` that a run's config fixes: its ``sampling``
-    block (``spacing`` 'time' for runs saved before it existed) with the diffusion's
-    ``variance`` and ``target``; ``overrides`` that are not None replace them."""
-    settings = {"spacing": "time", **config.sampling.to_dict(),
-                "variance": config.diffusion.variance, "target": config.diffusion.target}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return settings
-
-
 def sample_fn(model: UNet, schedule: Schedule, config: ml_collections.ConfigDict) -> Callable:
-    """``fn(params, key, shape) -> images`` with the config's sampler settings; unjitted."""
-    settings = sampling_settings(config)
-    return lambda params, key, shape, **kw: sampling.sample(
-        denoiser(model, params), schedule, key, shape, **settings, **kw)
+    """``fn(params, key, shape) -> images`` with the config's sampler settings; unjitted. A
+    conditional model samples the classes in turn (``run_config.preview_labels``) with the config's
+    ``guidance_scale``."""
+    settings = run_config.sampling_settings(config)
+
+    def fn(params, key, shape, **kw):
+        if model.num_classes is None:
+            denoise_fn = denoiser(model, params)
+        else:
+            denoise_fn = sampling.classifier_free_guidance(
+                lambda x, t, y: model.apply({"params": params}, x, t, y),
+                run_config.preview_labels(shape[0], model.num_classes),
+                null_label=model.num_classes, guidance_scale=run_config.guidance_scale(config))
+        return sampling.sample(denoise_fn, schedule, key, shape, **settings, **kw)
+
+    return fn
 
 
 def _restore_or_start(ckpt: Checkpointer, state: TrainState, workdir: epath.Path,
-                      config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-                      class_names: list[str] | None) -> TrainState:
+                      config: ml_collections.ConfigDict, source: data.ImageSource) -> TrainState:
     """The latest checkpoint (or ``state`` on a fresh run); only then, on process 0, the run's
-    ``config.json``, ``image_shape.json`` (and ``labels.json``), so a failed restore leaves them
-    as they were."""
+    files (``run_config.write_run_files``), so a failed restore leaves them as they were."""
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
     if jax.process_index() == 0:
-        write_run_files(workdir, config, image_shape)
-        if class_names is not None:
-            data.write_class_names(workdir, class_names)
+        run_config.write_run_files(workdir, config, source.image_shape,
+                                   class_names=source.class_names,
+                                   fingerprint=source.fingerprint)
     return state
 
 
@@ -384,17 +252,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         and the path, and the last complete checkpoint stays intact.
       FloatingPointError: the loss became non-finite; names the step and the last checkpoint,
         which stays intact.
+      MemoryError: the accelerator ran out of memory; names the batch, image and model sizes.
     """
     mesh = data_mesh() if mesh is None else mesh
-    validate(config, mesh)
+    run_config.validate(config, mesh)
+    config = run_config.with_absolute_data_paths(config)
     workdir = checkpointing.as_path(workdir)
     tr = config.training
     d = config.data
-    source = data.load_split(d.name, d.train_split, data_dir=d.data_dir, **split_options(config))
+    source = data.load_split(d.name, d.train_split, data_dir=d.data_dir,
+                             **run_config.split_options(config))
     data.check_holds_a_batch(source, batch_size=tr.batch_size)
-    check_labels(config, source)
+    run_config.check_labels(config, source)
     image_shape = source.image_shape
-    check_resume_config(workdir, config, image_shape, allow_config_changes=allow_config_changes)
+    resuming = bool(checkpointing.saved_steps(workdir / "checkpoints"))
+    run_config.check_attention(config, image_shape[0], resuming=resuming)
+    run_config.check_resume_config(workdir, config, run_config.source_facts(source),
+                                   allow_config_changes=allow_config_changes)
     model = make_model(config, image_shape)
     schedule = make_schedule_from_config(config)
     optimizer = make_optimizer(config)
@@ -406,8 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # host-local array enters a program that spans several processes.
     state = jax.jit(lambda: create_train_state(model, optimizer, init_key, image_shape),
                     out_shardings=replicated)()
-    train_call = make_train_call(make_train_step(model, schedule, optimizer, config), train_key,
-                                 mesh)
+    train_call = train_loop.make_train_call(make_train_step(model, schedule, optimizer, config),
+                                            train_key, mesh)
     draw = sample_fn(model, schedule, config)
     preview_shape = (tr.num_preview_samples, *image_shape)
     preview = jax.jit(lambda params, step: draw(params, jax.random.fold_in(preview_key, step),
@@ -419,10 +293,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if is_chief:
             save_preview(workdir, step, images)
 
-    with Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep,
-                      async_save=tr.async_checkpoints) as ckpt, \
-            _StopRequested().installed() as stop:
-        state = _restore_or_start(ckpt, state, workdir, config, image_shape, source.class_names)
+    count_params = lambda: sum(x.size for x in jax.tree.leaves(state.params))
+    with run_config.explain_out_of_memory(config, image_shape, count_params), \
+            Checkpointer(workdir / "checkpoints", max_to_keep=tr.max_to_keep,
+                         async_save=tr.async_checkpoints) as ckpt, \
+            train_loop.StopRequested().installed() as stop:
+        state = _restore_or_start(ckpt, state, workdir, config, source)
         start = int(state.step)
         writer = MetricWriter(workdir)
         batches = data.train_iterator(
@@ -442,29 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return state
 
 
-def make_train_call(train_step: Callable, key: jax.Array, mesh: Mesh) -> Callable:
-    """The loop's one jitted program: ``call(state, batches, votes) -> (state, metrics, stop)``.
-
-    K = ``batches``' leading axis updates of ``train_step`` with base ``key`` (closed over: every
-    process holds the same constant, so no host-local array enters a program that spans several
-    processes); ``metrics`` are [K] per name; ``stop`` is whether any process voted to stop
-    (``train_loop.stop_votes``). The state is donated.
-    """
-    replicated = NamedSharding(mesh, P())
-    multi_step = train_loop.make_multi_step(train_step)
-
-    def call(state, batches, votes):
-        state, metrics = multi_step(state, batches, key)
-        return state, metrics, jnp.any(votes)
-
-    return jax.jit(call, in_shardings=(replicated, train_loop.stacked_sharding(mesh),
-                                       NamedSharding(mesh, P("data"))),
-                   out_shardings=replicated, donate_argnums=0)
-
-
 def _run_loop(state: TrainState, train_call: Callable, batches, *, start: int,
               config: ml_collections.ConfigDict, mesh: Mesh, ckpt: Checkpointer,
-              stop: "_StopRequested", writer: MetricWriter, bar: tqdm,
+              stop: train_loop.StopRequested, writer: MetricWriter, bar: tqdm,
               write_preview: Callable) -> TrainState:
     """Steps ``start + 1 .. num_steps`` in calls of K, logging, saving and previewing at the
     call boundaries that are multiples of their intervals; returns the last state.
@@ -489,7 +345,8 @@ def _run_loop(state: TrainState, train_call: Callable, batches, *, start: int,
         # Every process reads the same agreed vote, one call late, and stops after this call.
         stopping = previous_vote is not None and bool(previous_vote)
         previous_vote = vote
-        if step % tr.log_every == 0:
+        # A stop or the last step logs the steps since the last log: they never run again.
+        if step % tr.log_every == 0 or step == tr.num_steps or stopping:
             clock = _log(pending, writer, bar, ckpt, step, clock)
         if step % tr.checkpoint_every == 0 or step == tr.num_steps or stopping:
             _raise_if_non_finite(pending, ckpt)

@@ -7,6 +7,8 @@ Needs only jax and numpy, so the GPU benchmark times the same pieces ``train_lib
 from __future__ import annotations
 
 import collections
+import contextlib
+import signal
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -80,6 +82,26 @@ def stop_votes(mesh: Mesh, requested: bool) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local)
 
 
+def make_train_call(train_step: Callable, key: jax.Array, mesh: Mesh) -> Callable:
+    """The loop's one jitted program: ``call(state, batches, votes) -> (state, metrics, stop)``.
+
+    K = ``batches``' leading axis updates of ``train_step`` with base ``key`` (closed over: every
+    process holds the same constant, so no host-local array enters a program that spans several
+    processes); ``metrics`` are [K] per name; ``stop`` is whether any process voted to stop
+    (``stop_votes``). The state is donated.
+    """
+    replicated = NamedSharding(mesh, P())
+    multi_step = make_multi_step(train_step)
+
+    def call(state, batches, votes):
+        state, metrics = multi_step(state, batches, key)
+        return state, metrics, jnp.any(votes)
+
+    return jax.jit(call, in_shardings=(replicated, stacked_sharding(mesh),
+                                       NamedSharding(mesh, P("data"))),
+                   out_shardings=replicated, donate_argnums=0)
+
+
 def tree_all_finite(tree: Any) -> jax.Array:
     """A bool scalar: whether every floating-point value in ``tree`` is finite. Jit it."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -108,3 +130,23 @@ class PendingMetrics:
 
     def clear(self) -> None:
         self._calls = []
+
+
+class StopRequested:
+    """Records SIGINT / SIGTERM so the loop can checkpoint and return cleanly."""
+
+    def __init__(self):
+        self.signal = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        handler = lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name)
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals stay with the caller
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

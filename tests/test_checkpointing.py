@@ -3,6 +3,7 @@ failed checkpoints reported by step and path with the last good one intact."""
 
 import errno
 import importlib
+import logging
 import os
 import pathlib
 import re
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 
 from configs import test as test_config
 from conftest import run_cli
-from ddpm_jax import checkpointing, generate, metric_writer, train_lib
+from ddpm_jax import checkpointing, generate, metric_writer, run_config, train_lib
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError
 
 TREE = {"a": jnp.arange(1000.0), "b": {"c": jnp.ones((3, 4))}}
@@ -66,12 +67,14 @@ def test_interrupted_save_leftovers_are_removed_on_open(tmp_path):
     restores_step(directory, 2)
 
 
-def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path):
+def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path, caplog):
     """sample.py / evaluate.py / export open checkpoints read-only: a save in progress beside
-    them (its temporary directory) is not cleaned up, and a missing directory is not created."""
+    them (its temporary directory) is not cleaned up, and a missing directory is not created;
+    orbax says nothing about it (it used to warn twice on every sample.py run)."""
     directory = saved(tmp_path / "ckpt")
     in_progress = directory / "3.orbax-checkpoint-tmp-1764612345678901"
     (in_progress / "default").mkdir(parents=True)
+    caplog.clear()
     with Checkpointer(directory, read_only=True) as ckpt:
         assert ckpt.all_steps() == [1, 2]
         np.testing.assert_array_equal(ckpt.restore(TREE, 2)["a"], TREE["a"] + 2)
@@ -79,6 +82,7 @@ def test_read_only_access_leaves_a_running_save_and_the_directory_alone(tmp_path
     with Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
         assert ckpt.latest_step() is None
     assert not (tmp_path / "absent").exists()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("damage", ["truncated array file", "missing metadata"])
@@ -181,13 +185,13 @@ def test_gs_workdir_is_never_rewritten_into_a_local_path(tmp_path, monkeypatch):
         assert os.fspath(workdir) == "gs://bucket/run"
         Checkpointer(workdir / "checkpoints")
         assert os.fspath(captured["dir"]) == "gs://bucket/run/checkpoints"
-        train_lib.write_run_files(workdir, test_config.get_config(), (28, 28, 1))
+        run_config.write_run_files(workdir, test_config.get_config(), (28, 28, 1))
         train_lib.save_preview(workdir, 4, jnp.zeros((4, 28, 28, 1)))
         writer = metric_writer.MetricWriter("gs://bucket/run")
         writer.write(1, {"loss": 0.5})
         writer.write(2, {"loss": 0.25})
         writer.close()
-        assert train_lib.read_image_shape("gs://bucket/run") == (28, 28, 1)
+        assert run_config.read_image_shape("gs://bucket/run") == (28, 28, 1)
         images = np.zeros((4, 28, 28, 1), np.float32)
         generate.write_outputs("gs://bucket/run/samples", generate.Samples(
             images, np.zeros(images.shape, np.uint8), None, {"seed": 0}))

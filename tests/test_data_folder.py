@@ -4,15 +4,18 @@ the prepared cache (reuse, invalidation, atomicity) and every error, on generate
 import json
 import os
 import pathlib
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import test as test_config
-from ddpm_jax import data, evaluation, train_lib
+from ddpm_jax import data, evaluation, run_config, train_lib
 from ddpm_jax.data import folder
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 SIZE = 16
 CLASSES = ["birds", "cats", "dogs"]
@@ -140,7 +143,8 @@ def test_folder_holds_exactly_its_images_with_labels_from_subfolders(image_folde
     assert source.image_shape == (SIZE, SIZE, 3) and source.num_classes == 3
     assert source.class_names == tuple(CLASSES) and source.description == f"image folder {root}"
     pixels, labels = source.read(np.arange(len(source)))
-    order = sorted(images)  # examples follow the sorted relative paths
+    # Examples follow the hashed-path order (folder.shuffled), whatever the listing's order.
+    order = [path for path, _, _ in folder.shuffled([(p, 0, 0) for p in reversed(images)])]
     np.testing.assert_array_equal(labels, [CLASSES.index(images[p]) for p in order])
     compared = 0
     for i, relative in enumerate(order):  # every RGB file: Pillow's own resize + crop
@@ -163,7 +167,7 @@ def test_grey_channels_first_gif_frame_and_no_labels(tmp_path):
 
 
 def test_second_load_decodes_nothing_and_changes_prepare_anew(image_folder, tmp_path,
-                                                              decode_counter):
+                                                              decode_counter, caplog):
     root, images = image_folder
     first = load(root, tmp_path)
     assert len(decode_counter) == len(images) and len(entries(tmp_path)) == 1
@@ -176,8 +180,10 @@ def test_second_load_decodes_nothing_and_changes_prepare_anew(image_folder, tmp_
     touched = root / sorted(images)[3]
     stat = touched.stat()
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    caplog.clear()
     load(root, tmp_path)
     assert len(decode_counter) == len(images) and len(entries(tmp_path)) == 2
+    assert f"1 older prepared entries of {root}" in caplog.text  # named, for deleting by hand
     decode_counter.clear()
     load(root, tmp_path, image_size=8)  # a setting changed
     assert len(decode_counter) == len(images) and len(entries(tmp_path)) == 3
@@ -238,10 +244,48 @@ def test_a_corrupt_file_is_named_or_skipped(image_folder, tmp_path, caplog):
                                          r"set data.skip_bad_images=True to skip it"):
         load(root, tmp_path)
     assert entries(tmp_path) == []
+    # The decoding pool is shut down with the error, not left to whoever drops the error's
+    # traceback, which holds the suspended generator (at exit, in one of the pool's own threads:
+    # "Exception ignored ... RuntimeError: cannot join current thread").
+    try:
+        load(root, tmp_path)
+    except ValueError as err:
+        kept = err  # the traceback stays alive, as it does while a CLI exits with the error
+    assert not [t for t in threading.enumerate() if t.name.startswith(folder.DECODE_THREADS)]
+    del kept
     source = load(root, tmp_path, skip_bad_images=True)
     assert len(source) == 30
     assert f"skipped 1 images of {root} that could not be decoded, e.g. cats/broken.png" in (
         caplog.text)
+
+
+PREPARE_A_CORRUPT_FOLDER = """
+import pathlib, sys
+from ddpm_jax import data
+root, cache = map(pathlib.Path, sys.argv[1:])
+try:
+    data.load_split("folder", path=root, image_size=8, cache_dir=cache)
+except ValueError as err:
+    sys.exit(f"error: {err}")
+"""
+
+
+@pytest.mark.slow
+def test_a_corrupt_file_leaves_stderr_clean(tmp_path):
+    """The one-line error, and nothing from the decoding threads after it, in every run."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(64):
+        Image.fromarray(noise(np.random.default_rng(i), 24, 24)).save(root / f"{i:02d}.png")
+    (root / "00.png").write_bytes(b"\x89PNG not really")  # first in line: 63 others queued
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", PREPARE_A_CORRUPT_FOLDER, str(root),
+                                 str(tmp_path / "cache")], cwd=ROOT, capture_output=True,
+                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = [line for line in result.stderr.splitlines()
+                 if line.strip() and "preparing" not in line]  # tqdm's bar
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"error: cannot decode image {root}/00.png")
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -254,8 +298,13 @@ def test_a_corrupt_file_is_named_or_skipped(image_folder, tmp_path, caplog):
     (dict(channels=4), ValueError, r"data.channels must be one of \[1, 3\], got 4"),
     (dict(path="{tmp}/flat"), ValueError, r"{tmp}/flat/a.png is not in a class subfolder; with "
                                           r"data.labels_from_subdirs=True every image must be in"),
-    (dict(split="test"), ValueError, r"unknown split 'test' of image folder {tmp}/flat "
-                                     r"\(1 images\); expected 'train'"),
+    (dict(split="test"), ValueError, r"unknown split 'test' of the image folder {tmp}/flat; "
+                                     r"expected one of 'train' \(1 examples\)"),
+    (dict(split="train[:512]"), ValueError,
+     r"split 'train\[:512\]' asks for more examples than the image folder {tmp}/flat holds: "
+     r"'train' \(1 examples\); use a smaller slice"),
+    (dict(path="{tmp}/flat/a.png"), NotADirectoryError,
+     r"image folder {tmp}/flat/a.png is a file, not a folder; set data.path to the folder"),
 ])
 def test_bad_folder_settings(tmp_path, kwargs, error, message):
     (tmp_path / "empty").mkdir()
@@ -314,13 +363,95 @@ def test_class_names_round_trip_and_labels_by_name(tmp_path):
         data.parse_labels(["cats"], None)
 
 
+def test_digit_class_folders_sort_numerically_and_labels_name_them(tmp_path):
+    """Folders 0..10: the labels are the folders' numbers, and a label that is a class name means
+    that class, also with an older run's string order (0, 1, 10, 2, ...)."""
+    root = tmp_path / "digits"
+    for k in range(11):
+        (root / str(k)).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 20 * k, np.uint8)).save(root / str(k) / "a.png")
+    source = load(root, tmp_path, channels=1, image_size=4)
+    assert source.class_names == tuple(str(k) for k in range(11))
+    images, labels = source.read(np.arange(11))
+    np.testing.assert_array_equal(images[:, 0, 0, 0], 20 * labels)  # folder k has label k
+    string_order = sorted(str(k) for k in range(11))
+    assert data.parse_labels(["2", "10", "0"], string_order) == [3, 2, 0]
+    assert data.parse_labels(["12"], string_order) == [12]  # not a name: an index (checked later)
+
+
+def test_a_slice_mixes_the_classes_and_keeps_its_order_as_images_are_added(tmp_path):
+    """train[:50%] of 20 'a' images then 20 'b' images (in path order) holds both classes, and
+    an added image leaves the others' order as it was."""
+    root = tmp_path / "two"
+    for k in range(40):
+        (root / "ab"[k // 20]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise(np.random.default_rng(k), 4, 4)).save(
+            root / "ab"[k // 20] / f"{k:02d}.png")
+    half = data.load_split("folder", "train[:50%]", path=root, image_size=4,
+                           labels_from_subdirs=True, cache_dir=tmp_path / "cache")
+    _, labels = half.read(np.arange(len(half)))
+    assert len(labels) == 20 and 5 <= labels.sum() <= 15, labels  # binomial(20, 1/2): p < 0.05
+    before = load(root, tmp_path, image_size=4).read(np.arange(40))[0]
+    Image.fromarray(noise(np.random.default_rng(99), 4, 4)).save(root / "b" / "new.png")
+    after = load(root, tmp_path, image_size=4).read(np.arange(41))[0]
+    kept = [i for i, image in enumerate(after) if any((image == b).all() for b in before)]
+    assert len(kept) == 40
+    np.testing.assert_array_equal(after[kept], before)
+
+
+def test_labels_from_subdirs_without_num_classes_is_refused_before_training(image_folder,
+                                                                            tmp_path):
+    root, _ = image_folder
+    config = test_config.get_config()
+    config.data.update(name="folder", path=str(root), image_size=28, train_split="train",
+                       labels_from_subdirs=True, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"^data.labels_from_subdirs=True gives K=3 classes but "
+                                         r"config.model.num_classes is None \(an unconditional "
+                                         r"model\); pass --config.model.num_classes=3"):
+        train_lib.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_the_folder_changed_says_so(image_folder, tmp_path, monkeypatch):
+    """A run on a folder given by relative paths records them absolute (and nothing lands in the
+    working directory); resuming after an image was added needs --allow_config_changes, after a
+    class folder was renamed it is refused."""
+    root, _ = image_folder
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = test_config.get_config()
+    config.data.update(name="folder", path="../my_images", image_size=28, train_split="train",
+                       labels_from_subdirs=True, cache_dir="../cache")
+    config.model.num_classes = 3
+    config.training.update(num_steps=2, checkpoint_every=2, sample_every=0)
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(config, workdir)
+    assert os.listdir(cwd) == []
+    saved = json.loads((workdir / "config.json").read_text())["data"]
+    assert (saved["path"], saved["cache_dir"]) == (str(root), str(tmp_path / "cache"))
+    saved = (workdir / "config.json").read_bytes()
+    Image.fromarray(noise(np.random.default_rng(1), 20, 20)).save(root / "cats" / "new.png")
+    config.training.num_steps = 4
+    with pytest.raises(ValueError, match=r"resuming .* with a changed training setup: "
+                                         r"data.fingerprint: '30 files, listing \w+' -> "
+                                         r"'31 files, listing \w+'\. Pass --allow_config_changes"):
+        train_lib.train_and_evaluate(config, workdir)
+    (root / "birds").rename(root / "ants")
+    with pytest.raises(ValueError, match=r"holds checkpoints of another model, diffusion or "
+                                         r"classes; changed: class_names: \['birds', 'cats', "
+                                         r"'dogs'\] -> \['ants', 'cats', 'dogs'\]"):
+        train_lib.train_and_evaluate(config, workdir)
+    assert (workdir / "config.json").read_bytes() == saved
+
+
 def test_num_classes_must_match_the_folder(image_folder, tmp_path):
     root, _ = image_folder
     config = test_config.get_config()
     config.model.num_classes = 4
     with pytest.raises(ValueError, match=f"^config.model.num_classes=4 but the image folder "
                                          f"{root} has 3 classes$"):
-        train_lib.check_labels(config, load(root, tmp_path))
+        run_config.check_labels(config, load(root, tmp_path))
 
 
 def test_reference_statistics_of_a_folder(image_folder, tmp_path):

@@ -7,6 +7,7 @@ another a tiny tfds dataset of odd-sized images (the generic path).
 
 import gzip
 import io
+import os
 import pathlib
 
 import numpy as np
@@ -164,9 +165,29 @@ def test_fashion_mnist_batches_match_across_sources(fashion_dir):
 
 
 def test_unknown_split(fashion_dir):
-    with pytest.raises(ValueError, match=r"unknown split 'tran' of dataset 'fashion_mnist'; "
-                                         r"expected one of \['test', 'train'\]"):
+    with pytest.raises(ValueError, match=r"unknown split 'tran' of the tfds dataset "
+                                         r"'fashion_mnist'; expected one of 'test' \(10000 "
+                                         r"examples\), 'train' \(60000 examples\)"):
         data.load_split("fashion_mnist", "tran", data_dir=fashion_dir)
+
+
+def test_a_slice_beyond_the_split_says_so(fashion_dir):
+    with pytest.raises(ValueError, match=r"split 'test\[:20000\]' asks for more examples than "
+                                         r"the tfds dataset 'fashion_mnist' holds: 'test' "
+                                         r"\(10000 examples\), 'train' \(60000 examples\); use "
+                                         r"a smaller slice"):
+        data.load_split("fashion_mnist", "test[:20000]", data_dir=fashion_dir)
+
+
+def test_an_empty_data_dir_is_the_default_never_the_working_directory(fashion_dir, tmp_path,
+                                                                     monkeypatch):
+    """--config.data.data_dir= (or an unset shell variable) reads tfds's default data dir, as
+    the folder cache does, and writes nothing where the command runs."""
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(fashion_dir))
+    monkeypatch.chdir(tmp_path)
+    source = data.load_split("fashion_mnist", "test[:8]", data_dir="")
+    assert len(source) == 8 and os.listdir(tmp_path) == []
+    assert data.folder_source.default_cache_dir("") == fashion_dir / "ddpm_jax_image_folders"
 
 
 # --------------------------------------------------------------------------------------------

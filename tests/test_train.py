@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import test as test_config
-from ddpm_jax import data, generate, train_lib
+from ddpm_jax import data, generate, run_config, train_lib, train_loop
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT
@@ -192,7 +193,7 @@ def test_resume_refuses_a_changed_model_or_diffusion_and_writes_nothing(trained_
     with pytest.raises(ValueError) as raised:
         train_lib.train_and_evaluate(config, workdir, allow_config_changes=True)
     assert str(raised.value) == (
-        f"{workdir} holds checkpoints of another model or diffusion; changed: "
+        f"{workdir} holds checkpoints of another model, diffusion or classes; changed: "
         f"diffusion.num_timesteps: 20 -> 30, model.base_channels: 8 -> 16. Use a new workdir")
     config = make_config(fashion_dir, num_steps=6)
     config.data.image_size = 32
@@ -226,6 +227,103 @@ def test_num_classes_must_match_the_dataset(fashion_dir, tmp_path):
                                          "'fashion_mnist' split 'train.*' has 10 classes$"):
         train_lib.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def conditional_workdir(fashion_dir, tmp_path_factory):
+    """A class-conditional run of 3 steps with previews every 2 steps and a log every 2."""
+    workdir = tmp_path_factory.mktemp("conditional") / "run"
+    config = make_config(fashion_dir, num_steps=3, log_every=2, sample_every=2,
+                         checkpoint_every=2, num_preview_samples=8)
+    config.model.num_classes = 10
+    config.sampling.guidance_scale = 2.0
+    train_lib.train_and_evaluate(config, workdir)
+    return workdir, config
+
+
+def test_a_conditional_run_previews_its_classes_and_resumes_past_a_preview(conditional_workdir):
+    workdir, config = conditional_workdir
+    assert sorted(os.listdir(workdir / "previews")) == ["step_2.png"]
+    config.training.num_steps = 4
+    train_lib.train_and_evaluate(config, workdir)  # resumed from step 3, a preview at step 4
+    assert sorted(os.listdir(workdir / "previews")) == ["step_2.png", "step_4.png"]
+    np.testing.assert_array_equal(run_config.preview_labels(12, 10),
+                                  [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+
+
+def test_a_conditional_preview_samples_the_labels_with_the_configs_guidance(conditional_workdir,
+                                                                          monkeypatch):
+    """The preview's denoiser is classifier-free guidance over the cycled labels, at the
+    config's scale."""
+    _, config = conditional_workdir
+    seen = {}
+
+    def recording(denoise_fn, labels, *, null_label, guidance_scale):
+        seen.update(labels=np.asarray(labels), null_label=null_label, scale=guidance_scale)
+        return lambda x, t: denoise_fn(x, t, labels)
+
+    monkeypatch.setattr(train_lib.sampling, "classifier_free_guidance", recording)
+    model = train_lib.make_model(config, (28, 28, 1))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
+                                               jnp.zeros((1,), jnp.int32), jnp.zeros((1,), int)))
+    draw = train_lib.sample_fn(model, train_lib.make_schedule_from_config(config), config)
+    jax.eval_shape(lambda p: draw(p, jax.random.key(0), (12, 28, 28, 1)), params["params"])
+    np.testing.assert_array_equal(seen.pop("labels"), run_config.preview_labels(12, 10))
+    assert seen == {"null_label": 10, "scale": 2.0}
+
+
+def test_the_last_steps_are_logged_when_num_steps_is_not_a_multiple_of_log_every(
+        conditional_workdir):
+    workdir, _ = conditional_workdir
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [line["step"] for line in lines][:2] == [2, 3]  # step 3: the tail of the 3-step run
+    assert np.isfinite(lines[1]["loss"])
+
+
+def test_out_of_memory_is_one_line_naming_the_sizes(fashion_dir, tmp_path, monkeypatch):
+    def exhausted(*args, **kwargs):
+        def call(*args):
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory allocating 26678061248 bytes.\n"
+                "(a 25-line traceback follows)")
+        return call
+
+    monkeypatch.setattr(train_loop, "make_train_call", exhausted)
+    with pytest.raises(MemoryError) as raised:
+        train_lib.train_and_evaluate(make_config(fashion_dir), tmp_path / "run")
+    message = str(raised.value)
+    assert "\n" not in message and re.match(
+        r"out of accelerator memory \(RESOURCE_EXHAUSTED\) training a U-Net of [1-9][\d,]+ "
+        r"parameters \(model.base_channels=8, channel_mults=\(1, 2\), num_res_blocks=1\) on "
+        r"training.batch_size=8 images of 28x28x1", message), message
+    assert "lower the batch size, data.image_size or the model's size" in message
+
+
+def test_attention_at_no_feature_map_height_is_refused(caplog):
+    """fashion_mnist.py's attention at 7x7 exists at 28 pixels, not at 32; resuming only warns
+    (the checkpoints' model is fixed)."""
+    from configs import fashion_mnist
+
+    config = fashion_mnist.get_config()
+    assert run_config.feature_map_heights(config, 28) == [28, 14, 7]
+    run_config.check_attention(config, 28, resuming=False)
+    with pytest.raises(ValueError, match=r"^model.attn_resolutions=\(7,\): \[7\] match no "
+                                         r"feature-map height of the U-Net at 32x32 \(heights "
+                                         r"\[32, 16, 8\]\), so they would add no attention; use "
+                                         r"heights from that list, or \(\) for none$"):
+        run_config.check_attention(config, 32, resuming=False)
+    run_config.check_attention(config, 32, resuming=True)
+    assert "match no feature-map height" in caplog.text
+
+
+@pytest.mark.parametrize("name, image_size", [
+    ("default", 32), ("cifar10", 32), ("celeb_a64", 64), ("fashion_mnist", 28), ("mnist", 28),
+    ("test", 28), ("folder", 32), ("folder", 64)])
+def test_every_shipped_config_has_its_attention_at_its_image_size(name, image_size):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    run_config.check_attention(config, image_size, resuming=False)
 
 
 def test_bad_batch_size(fashion_dir, tmp_path):

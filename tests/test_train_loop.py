@@ -16,7 +16,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax import compilation_cache, data, generate, train_lib, train_loop
+from ddpm_jax import compilation_cache, data, generate, run_config, train_lib, train_loop
 from ddpm_jax.checkpointing import Checkpointer
 
 from conftest import ROOT, run_cli
@@ -89,7 +89,7 @@ def test_intervals_must_be_multiples_of_steps_per_call(fashion_dir, field, value
     config.training[field] = value
     with pytest.raises(ValueError, match=rf"training\.{field}={value} must be a multiple of "
                                          r"training\.steps_per_call=4"):
-        train_lib.validate(config, train_lib.data_mesh())
+        run_config.validate(config, train_lib.data_mesh())
 
 
 def test_resume_step_must_be_a_multiple_of_steps_per_call(trained_workdir, fashion_dir,
@@ -142,7 +142,8 @@ def test_signal_on_a_preview_step_saves_and_skips_the_preview(fashion_dir, tmp_p
     poison_step(monkeypatch, 2, signal_self)
     workdir = tmp_path / "signalled"
     state = train_lib.train_and_evaluate(
-        make_config(fashion_dir, num_steps=1000, sample_every=1, checkpoint_every=1000),
+        make_config(fashion_dir, num_steps=1000, sample_every=1, checkpoint_every=1000,
+                    log_every=1000),
         str(workdir))
     stopped = int(state.step)
     assert 2 <= stopped < 10
@@ -150,6 +151,9 @@ def test_signal_on_a_preview_step_saves_and_skips_the_preview(fashion_dir, tmp_p
         assert ckpt.all_steps() == [stopped]
     previews = sorted(os.listdir(workdir / "previews"))
     assert previews == sorted(f"step_{s}.png" for s in range(1, stopped))
+    # The steps since the last log never run again: their mean is logged at the stop.
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [line["step"] for line in lines] == [stopped] and np.isfinite(lines[0]["loss"])
 
 
 # Runs train.py's loop with orbax's commit of step 3 (the rename of its temporary directory)

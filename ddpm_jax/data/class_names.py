@@ -27,10 +27,12 @@ def read_class_names(workdir: os.PathLike[str] | str) -> list[str] | None:
 
 
 def parse_labels(values: Sequence[str], class_names: Sequence[str] | None) -> list[int]:
-    """Labels given as numbers or, when the run has class names, as names.
+    """Labels given as class names or numbers: a value that is one of the run's class names is
+    that class (so with folders named 0..10, '2' is the folder '2' whatever its index), any other
+    integer is a label index.
 
     Args:
-        values: each an integer ('3') or a class name ('cat').
+        values: each a class name ('cat') or an integer ('3').
         class_names: the run's names (``read_class_names``), or None.
 
     Returns:
@@ -38,10 +40,10 @@ def parse_labels(values: Sequence[str], class_names: Sequence[str] | None) -> li
     """
     labels = []
     for value in values:
-        if value.lstrip("-").isdigit():
+        if class_names is not None and value in class_names:
+            labels.append(list(class_names).index(value))
+        elif value.lstrip("-").isdigit():
             labels.append(int(value))
-        elif class_names is not None and value in class_names:
-            labels.append(class_names.index(value))
         else:
             known = ("; the run's classes (labels.json) are " + ", ".join(
                 f"{i}={name}" for i, name in enumerate(class_names))) if class_names else ""

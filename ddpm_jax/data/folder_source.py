@@ -1,5 +1,6 @@
 """An image folder as an ``ImageSource``: prepared on first use (``folder.prepare_folder``), then
-random access to its array_record of raw pixels, sliced like a tfds split ('train[:90%]')."""
+random access to its array_record of raw pixels, sliced like a tfds split ('train[:90%]'); the
+examples are in the preparation's fixed shuffled order, so a slice mixes every class."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from ddpm_jax.data import folder
 from ddpm_jax.data.sources import DescribedSource, ImageSource, load_into_memory
+from ddpm_jax.data.tfds_datasets import split_error
 
 # The one split of a folder: every image it holds.
 SPLIT = "train"
@@ -33,7 +35,8 @@ class FolderSource(DescribedSource):
         meta = json.loads((entry / folder.META).read_text())
         names = meta["class_names"]
         super().__init__(num_classes=None if names is None else len(names), class_names=names,
-                         description=f"image folder {meta['root']}")
+                         description=f"image folder {meta['root']}",
+                         fingerprint=meta["fingerprint"])
         records = str(entry / folder.RECORDS)
         self._records = array_record_data_source.ArrayRecordDataSource([records])
         self._rows = np.asarray(rows, np.int64)
@@ -60,16 +63,13 @@ def _rows(split: str, num_examples: int, root: pathlib.Path) -> np.ndarray:
         instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
             {SPLIT: types.SimpleNamespace(num_examples=num_examples)})
     except (ValueError, AssertionError) as err:
-        raise ValueError(
-            f"unknown split {split!r} of image folder {root} ({num_examples} images); expected "
-            f"{SPLIT!r}, optionally sliced like 'train[:90%]'"
-        ) from err
+        raise split_error(split, f"image folder {root}", {SPLIT: num_examples}, err) from err
     return np.concatenate([np.arange(num_examples)[i.from_:i.to] for i in instructions])
 
 
 def default_cache_dir(data_dir: os.PathLike[str] | str | None) -> pathlib.Path:
     """Where prepared folders go by default: a folder in the tfds data dir."""
-    data_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
+    data_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser().absolute()
     return data_dir / DEFAULT_CACHE_FOLDER
 
 

@@ -72,8 +72,8 @@ def load_split(
         name: 'folder' for the images under ``path``; a key of ``KNOWN_DATASETS``; or any tfds
             dataset with its images under 'image' (and class labels, if any, under 'label').
         split: a split, slices allowed ('train', 'test[:10%]'); a folder has only 'train'.
-        data_dir: the tfds data dir; None means tfds's default ($TFDS_DATA_DIR, else
-            ~/tensorflow_datasets).
+        data_dir: the tfds data dir; None or '' means tfds's default ($TFDS_DATA_DIR, else
+            ~/tensorflow_datasets), never the working directory.
         image_size: side of the square images to yield, cropping the centre and resizing when
             the dataset's differ; None keeps a tfds dataset's default shape. Required for folders.
         keep_in_memory: whether to decode the split once into memory; None does so when the
@@ -82,12 +82,14 @@ def load_split(
         path: the folder of images (folders only).
         channels: 3 (RGB, None's meaning) or 1 (grey) (folders only).
         labels_from_subdirs: take each image's immediate subfolder as its class (folders only).
-        cache_dir: where prepared folders are kept; None: a folder in the tfds data dir.
+        cache_dir: where prepared folders are kept; None or '': a folder in the tfds data dir.
         skip_bad_images: skip files that cannot be decoded instead of failing (folders only).
 
     Returns:
         The split, yielding images of shape ``image_shape``.
     """
+    # '' (an empty flag, an unset shell variable) is the default: tfds would read it as '.'.
+    data_dir, cache_dir = data_dir or None, cache_dir or None
     if name != FOLDER:
         folder_only = dict(path=path, channels=channels, labels_from_subdirs=labels_from_subdirs,
                            cache_dir=cache_dir, skip_bad_images=skip_bad_images)

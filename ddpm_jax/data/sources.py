@@ -60,6 +60,11 @@ class ImageSource(Protocol):
     def description(self) -> str:
         """What the examples are, for messages: "image folder /data/faces"."""
 
+    @property
+    def fingerprint(self) -> str | None:
+        """What identifies the examples beyond the config (an image folder's listing), for a
+        resumed run to notice they changed; None when the config names them exactly."""
+
     def __len__(self) -> int:
         """Number of examples N."""
 
@@ -81,13 +86,15 @@ class DescribedSource:
         num_classes: number of class labels, or None.
         class_names: the name of each label, or None.
         description: what the examples are, for messages.
+        fingerprint: what identifies the examples beyond the config, or None.
     """
 
     def __init__(self, *, num_classes: int | None, class_names: Sequence[str] | None,
-                 description: str):
+                 description: str, fingerprint: str | None = None):
         self._num_classes = num_classes
         self._class_names = None if class_names is None else tuple(class_names)
         self._description = description
+        self._fingerprint = fingerprint
 
     @property
     def num_classes(self) -> int | None:
@@ -101,6 +108,10 @@ class DescribedSource:
     def description(self) -> str:
         return self._description
 
+    @property
+    def fingerprint(self) -> str | None:
+        return self._fingerprint
+
 
 class ArraySource(DescribedSource):
     """An ``ImageSource`` over arrays in memory (or memory-mapped).
@@ -111,6 +122,7 @@ class ArraySource(DescribedSource):
         num_classes: number of class labels, or None.
         class_names: the name of each label, or None.
         description: what the examples are, for messages.
+        fingerprint: what identifies the examples beyond the config, or None.
     """
 
     def __init__(
@@ -121,6 +133,7 @@ class ArraySource(DescribedSource):
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         description: str = "an in-memory split",
+        fingerprint: str | None = None,
     ):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(
@@ -133,7 +146,7 @@ class ArraySource(DescribedSource):
                 "pass one label per image"
             )
         super().__init__(num_classes=num_classes, class_names=class_names,
-                         description=description)
+                         description=description, fingerprint=fingerprint)
         self._images = images
         self._labels = None if labels is None else labels.astype(np.int32)
 
@@ -233,4 +246,5 @@ def in_memory_like(
 ) -> ArraySource:
     """An ``ArraySource`` of decoded ``images`` and ``labels``, described as ``source`` is."""
     return ArraySource(images, labels, num_classes=source.num_classes,
-                       class_names=source.class_names, description=source.description)
+                       class_names=source.class_names, description=source.description,
+                       fingerprint=source.fingerprint)

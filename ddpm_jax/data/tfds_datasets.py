@@ -104,6 +104,25 @@ def _builder(
     return builder, fix
 
 
+def split_error(split: str, what: str, num_examples: dict[str, int],
+                error: Exception) -> ValueError:
+    """The one-line error for a split spec tfds refused: a slice beyond the split's examples
+    (tfds: 'Requested slice [:512] incompatible with 24 examples'), or an unknown split.
+
+    Args:
+        split: the spec as given ('train[:512]').
+        what: the data, for the message ("dataset 'mnist'", "image folder /data/faces").
+        num_examples: the examples of each split of the data.
+        error: tfds's error.
+    """
+    sizes = ", ".join(f"{name!r} ({n} examples)" for name, n in sorted(num_examples.items()))
+    if "incompatible with" in str(error):
+        return ValueError(f"split {split!r} asks for more examples than the {what} holds: "
+                          f"{sizes}; use a smaller slice, or a percentage like 'train[:90%]'")
+    return ValueError(f"unknown split {split!r} of the {what}; expected one of {sizes}, "
+                      "optionally sliced like 'train[:90%]'")
+
+
 def prepare(builder: tfds.core.DatasetBuilder, *, fix: str) -> None:
     """Prepares a tfds dataset unless it already is; a failure says how to fix it."""
     if builder.is_prepared():
@@ -142,10 +161,8 @@ def open_tfds_split(
     try:
         records = builder.as_data_source(split=split)
     except ValueError as err:
-        raise ValueError(
-            f"unknown split {split!r} of dataset {name!r}; expected one of "
-            f"{sorted(builder.info.splits)}, optionally sliced like 'train[:10%]'"
-        ) from err
+        sizes = {key: info.num_examples for key, info in builder.info.splits.items()}
+        raise split_error(split, f"tfds dataset {name!r}", sizes, err) from err
     label = builder.info.features[spec.label_key] if spec.label_key else None
     names = label.names if isinstance(label, tfds.features.ClassLabel) else None
     return builder, RecordSource(records, spec, class_names=names,

@@ -14,8 +14,6 @@ from ddpm_jax.sampling.sampler import SAMPLERS, Trajectory, default_spacing, mod
 from ddpm_jax.sampling.steps import ddim_step, dpmpp_2m_sde_step, dpmpp_2m_step, heun_step
 from ddpm_jax.sampling.timesteps import SPACINGS, sampling_timesteps
 
-__all__ = ["SAMPLERS", "SPACINGS", "Trajectory", "classifier_free_guidance", "ddim_step",
-           "default_spacing",
-           "dpmpp_2m_sde_step", "dpmpp_2m_step", "heun_step", "model_calls", "sample",
-           "sampling_timesteps"]
-__all__ += ["ddim_invert", "inpaint", "sdedit", "slerp"]
+__all__ = ["SAMPLERS", "SPACINGS", "Trajectory", "classifier_free_guidance", "ddim_invert",
+           "ddim_step", "default_spacing", "dpmpp_2m_sde_step", "dpmpp_2m_step", "heun_step",
+           "inpaint", "model_calls", "sample", "sampling_timesteps", "sdedit", "slerp"]
