@@ -39,5 +39,4 @@ def get_config():
     config.optim.warmup_steps = 500
     config.sampling.sampler = "dpmpp_2m_sde"
     config.sampling.num_steps = 50
-    config.sampling.spacing = "logsnr"
     return config

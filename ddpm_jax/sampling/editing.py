@@ -22,7 +22,7 @@ import numpy as np
 
 from ddpm_jax import diffusion
 from ddpm_jax.diffusion import DenoiseFn, extract
-from ddpm_jax.sampling.sampler import sample
+from ddpm_jax.sampling.sampler import default_spacing, sample
 from ddpm_jax.sampling.steps import ddim_step
 from ddpm_jax.sampling.timesteps import sampling_timesteps
 from ddpm_jax.schedules import Schedule, respace
@@ -34,8 +34,10 @@ from ddpm_jax.schedules import Schedule, respace
 INPAINT_SAMPLERS = ("ddim", "ddpm")
 
 
-def _respaced(schedule: Schedule, num_steps: int | None, spacing: str):
-    """(respaced schedule, model timesteps [S]) for ``num_steps`` steps, as ``sample`` does."""
+def _respaced(schedule: Schedule, num_steps: int | None, spacing: str | None, sampler: str):
+    """(respaced schedule, model timesteps [S]) for ``num_steps`` steps, as ``sample`` does
+    (``spacing`` None: ``sampler``'s ``default_spacing``)."""
+    spacing = default_spacing(sampler) if spacing is None else spacing
     model_timesteps = sampling_timesteps(schedule, num_steps, spacing=spacing)
     if model_timesteps.shape[0] < schedule.num_timesteps:
         schedule = respace(schedule, model_timesteps)
@@ -74,7 +76,7 @@ def _check_positive_int(name: str, value) -> int:
 
 def inpaint(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, known: jax.Array,
             mask: jax.Array, *, sampler: str = "ddpm", num_steps: int | None = None,
-            spacing: str = "time", resample: int = 1, jump: int = 1, eta: float = 0.0,
+            spacing: str | None = None, resample: int = 1, jump: int = 1, eta: float = 0.0,
             target: str = "eps", variance: str = "fixedlarge",
             clip_x0: bool = True) -> jax.Array:
     """Samples x_0 whose pixels where ``mask`` is 1 equal ``known`` (the rest is filled in).
@@ -109,7 +111,7 @@ def inpaint(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, known: ja
     mask = _check_mask(known, mask)
     resample = _check_positive_int("resample", resample)
     jump = _check_positive_int("jump", jump)
-    schedule, model_timesteps = _respaced(schedule, num_steps, spacing)
+    schedule, model_timesteps = _respaced(schedule, num_steps, spacing, sampler)
     steps = model_timesteps.shape[0]
     if steps % jump:
         raise ValueError(f"jump={jump} must divide the number of sampling steps {steps}")
@@ -204,7 +206,7 @@ def sdedit(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, image: jax
 
 
 def ddim_invert(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, *,
-                num_steps: int | None = None, spacing: str = "time", target: str = "eps",
+                num_steps: int | None = None, spacing: str | None = None, target: str = "eps",
                 variance: str = "fixedlarge") -> jax.Array:
     """Maps x_0 to the x_T from which deterministic DDIM returns it (DDIM inversion).
 
@@ -227,7 +229,7 @@ def ddim_invert(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, *,
       [B, ...] x_T.
     """
     x0 = jnp.asarray(x0)
-    schedule, model_timesteps = _respaced(schedule, num_steps, spacing)
+    schedule, model_timesteps = _respaced(schedule, num_steps, spacing, "ddim")
     batch, ndim = x0.shape[:1], x0.ndim
 
     def step(x, i):
