@@ -104,7 +104,7 @@ def ode_log_likelihood(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array,
       denoise_fn: ``denoise_fn(x_t [B, ...], t [B]) -> model_output``, any traceable function
         (a guided one too), queried at trained timesteps only.
       schedule: the trained schedule, T >= 2.
-      x0: [B, ...] data (for images: ``dequantize``d, in [-1, 1]).
+      x0: [B, ...] data (for images: dequantized with ``dequantize``, in [-1, 1]).
       key: PRNG key of the Hutchinson probes (unused, may be None, for ``trace='exact'``).
       trace: ``'hutchinson'`` (unbiased, one probe per image: the log-likelihood's standard
         error is that of eps^T J eps integrated) or ``'exact'`` (D Jacobian-vector products per

@@ -257,7 +257,7 @@ def slerp(z0: jax.Array, z1: jax.Array, alpha: jax.typing.ArrayLike) -> jax.Arra
       alpha: a scalar or [N] array of weights (0: z0, 1: z1).
 
     Returns:
-      [*alpha.shape, ...]; the linear interpolation where z0 and z1 are (anti)parallel.
+      ``[*alpha.shape, ...]``; the linear interpolation where z0 and z1 are (anti)parallel.
     """
     z0, z1 = jnp.asarray(z0), jnp.asarray(z1)
     if z0.shape != z1.shape:

@@ -107,7 +107,7 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
         the number of steps. Memory grows with steps / k.
       progress: called on the host with the step counter (0, 1, ...) after every step, e.g. to
         advance a progress bar. ``None`` (the default) adds nothing to the program.
-      x_T: [*shape] the starting noise (e.g. from ``editing.ddim_invert`` or a stored run);
+      x_T: ``[*shape]`` the starting noise (e.g. from ``editing.ddim_invert`` or a stored run);
         ``None`` (the default) draws it from ``key``. The per-step noise comes from ``key``
         either way, so a given x_T equal to the drawn one gives bit-identical samples.
 
