@@ -32,8 +32,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from ddpm_jax import (  # noqa: E402
-    compilation_cache, data, distributed, evaluation, generate, likelihood, pretrained, sampling,
-    train_lib)
+    compilation_cache, data, distributed, evaluation, generate, likelihood, pretrained,
+    run_config, sampling, train_lib)
 from ddpm_jax.checkpointing import as_path  # noqa: E402
 from ddpm_jax.evaluation import inception  # noqa: E402
 
@@ -124,7 +124,7 @@ def _dataset(config) -> tuple[str, str | None, dict]:
                          "name its dataset)")
     data_dir = FLAGS.data_dir or (config.data.data_dir if config else None)
     own_data = config is not None and dataset == config.data.name
-    return dataset, data_dir, train_lib.split_options(config) if own_data else {}
+    return dataset, data_dir, run_config.split_options(config) if own_data else {}
 
 
 def _split(value: str | None, dataset: str, *, tfds: str, folder: str) -> str:

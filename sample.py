@@ -63,8 +63,8 @@ flags.DEFINE_integer("jump", 1, "RePaint's jump length for --inpaint (divides th
 flags.DEFINE_string("init_image", None, "SDEdit this image file at --strength "
                     "(--num_samples edits).")
 flags.DEFINE_float("strength", None, "SDEdit strength in (0, 1] (1: ignore the image).")
-flags.DEFINE_integer("interpolate", None, "A row of N images between the x_T of --seed and "
-                     "--seed + 1 (slerp; a deterministic sampler).", lower_bound=2)
+flags.DEFINE_integer("interpolate", None, "A row of N images between two noises x_T drawn from "
+                     "--seed (slerp; a deterministic sampler).", lower_bound=2)
 flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
 flags.mark_flags_as_mutual_exclusive(["inpaint", "init_image", "interpolate"])
 

@@ -60,7 +60,7 @@ SUITES: dict[str, dict[str, Any]] = {
                 compile_timesteps=[10, 1000], peak_size=8192, timeout=200, steps_per_call=[1, 4]),
     # Ratios measured within one process. log_every: 8 calls, as a metrics fetch every 2 steps
     # cost the small config 20% of its rate (0.80 vs 0.98 of the bare step at K = 1). K > 1 runs
-    # a lax.scan, which XLA:CPU runs ~15x slower for these U-Nets: small K = 4 takes ~8 min.
+    # the K steps unrolled in one call (train_loop.make_multi_step).
     "loop": dict(configs=["tiny", "small"], batch_size={"tiny": 8, "small": 16, "cifar10": 16},
                  steps_per_call=[1, 4], log_every={"tiny": 8, "small": 8, "cifar10": 1},
                  repeats=10,

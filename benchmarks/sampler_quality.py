@@ -34,14 +34,17 @@ COLOURS = {"ddpm": (31, 119, 180), "ddim": (255, 127, 14), "dpmpp_2m": (44, 160,
 
 
 def parse_grid(text: str) -> list[dict]:
-    """``'ddim:10,dpmpp_2m:20:logsnr'`` -> [{sampler, num_steps, spacing}, ...], validated."""
+    """``'ddim:10,dpmpp_2m:20:logsnr'`` -> [{sampler, num_steps, spacing}, ...], validated; an
+    entry without a spacing takes its sampler's (``sampling.default_spacing``)."""
     from ddpm_jax import sampling
     rows = []
     for item in filter(None, text.split(",")):
         parts = item.split(":")
         if len(parts) not in (2, 3) or not parts[1].isdigit():
             raise ValueError(f"bad grid entry {item!r}; expected sampler:steps[:spacing]")
-        sampler, spacing = parts[0], parts[2] if len(parts) == 3 else "time"
+        sampler = parts[0]
+        spacing = parts[2] if len(parts) == 3 else (
+            sampling.default_spacing(sampler) if sampler in sampling.SAMPLERS else None)
         if sampler not in sampling.SAMPLERS or spacing not in sampling.SPACINGS:
             raise ValueError(f"bad grid entry {item!r}: samplers {list(sampling.SAMPLERS)}, "
                              f"spacings {list(sampling.SPACINGS)}")

@@ -54,7 +54,7 @@ class Trained:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config of a training workdir (its config.json)."""
-    config_path = as_path(workdir) / train_lib.CONFIG_FILE
+    config_path = as_path(workdir) / run_config.CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{os.fspath(as_path(workdir))!r} is not a training workdir: no "
                                 f"config.json (train there first with train.py --workdir)")
@@ -68,7 +68,7 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
-        image_shape = train_lib.read_image_shape(workdir)
+        image_shape = run_config.read_image_shape(workdir)
         model = train_lib.make_model(config, image_shape)
         template = jax.eval_shape(
             lambda: train_lib.create_train_state(model, train_lib.make_optimizer(config),
@@ -135,8 +135,9 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
         None in both is the sampler's recommendation, ``sampling.default_spacing``).
       variance: ``'fixedlarge'`` / ``'fixedsmall'`` (default: the training config's).
       guidance_scale: classifier-free guidance scale for conditional models (default: the run's
-        ``sampling.guidance_scale``, else 1; 0 is unconditional). 1 and 0 run one model pass per step, other scales two. A model without
-        a null label (``UNet.has_null_label``) allows only 1.
+        ``sampling.guidance_scale``, else 1; 0 is unconditional). 1 and 0 run one model pass
+        per step, other scales two. A model without a null label (``UNet.has_null_label``)
+        allows only 1.
       labels: class labels in [0, num_classes) for conditional models, and num_classes itself
         (the null label: unconditional) when the model has one; cycled over the samples
         (default 0, 1, ..., num_classes - 1).

@@ -7,7 +7,7 @@
 
 Modes: ``inpaint`` (fill where the mask is black, keep where it is white), ``sdedit``
 (noise ``image`` to ``strength`` and sample back) and ``interpolate`` (``num_samples`` images
-between the x_T of seeds ``seed`` and ``seed + 1``, by slerp, sampled deterministically).
+between two noises x_T drawn from ``seed``, by slerp, sampled deterministically).
 Images are read as image folders read them (``data.images``: any mode to the run's channels,
 guided-diffusion's resize and centre crop to its size). A class-conditional model edits with
 the null label (unconditionally), as bits/dim evaluates it.
@@ -58,14 +58,6 @@ def read_mask(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) -
     return (grey >= 128).astype(np.float32)
 
 
-def _denoiser(trained: generate.Trained, params):
-    model = trained.model
-    if model.num_classes is None:
-        return train_lib.denoiser(model, params)
-    return lambda x, t: train_lib.denoiser(
-        model, params, jnp.full(t.shape, model.num_classes))(x, t)
-
-
 def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples: int,
          seed: int = 0, step: int | None = None, params: str = "ema",
          image: str | None = None, mask: str | None = None, strength: float | None = None,
@@ -79,7 +71,7 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
       mode: ``'inpaint'`` (needs ``image`` and ``mask``), ``'sdedit'`` (``image`` and
         ``strength``) or ``'interpolate'``.
       num_samples: completions / edits of the image, or images along the interpolation (>= 2).
-      seed: the key; interpolation runs between the x_T of ``seed`` and ``seed + 1``.
+      seed: the key; interpolation runs between two noises x_T drawn from it.
       step, params: the checkpoint and parameter set, as in ``generate.generate``.
       image, mask: image files (see ``read_image`` and ``read_mask``).
       strength: SDEdit's strength in (0, 1].
@@ -113,13 +105,18 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
         sampler = "ddpm"
     if mode == "interpolate":
         chosen = sampler or config_sampler
-        if chosen not in DETERMINISTIC_SAMPLERS or (chosen == "ddim" and eta):
+        chosen_eta = trained.config.sampling.get("eta", 0.0) if eta is None else eta
+        if chosen not in DETERMINISTIC_SAMPLERS or (chosen == "ddim" and chosen_eta):
             if sampler is not None:
                 raise ValueError(f"interpolate needs a deterministic sampler (ddim with eta 0, "
-                                 f"dpmpp_2m or heun), got {sampler!r} with eta={eta}")
+                                 f"dpmpp_2m or heun), got {sampler!r} with eta={chosen_eta}")
             sampler, eta = "ddim", 0.0
     s = run_config.sampling_settings(trained.config, sampler=sampler, num_steps=num_steps,
                                     spacing=spacing, eta=eta, variance=variance)
+    if mode == "sdedit" and num_steps is None and s.get("num_steps") is not None:
+        # The run's step count is for a whole chain; SDEdit's chain has round(strength T) steps.
+        s["num_steps"] = min(s["num_steps"],
+                             max(1, editing.sdedit_start(trained.schedule, strength)))
     shape = (num_samples, *trained.image_shape)
     inputs = {}
     if image is not None:
@@ -134,7 +131,7 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
                              f"{'fill in' if known.all() else 'keep'}")
 
     def run(p, key, inputs):
-        f = _denoiser(trained, p)
+        f = train_lib.unconditional_denoiser(trained.model, p)
         if mode == "inpaint":
             s_inpaint = {k: v for k, v in s.items() if k != "sampler"}
             return sampling.inpaint(f, trained.schedule, key, inputs["image"], inputs["mask"],

@@ -198,7 +198,9 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
         raise ValueError(f"training.batch_size={batch} must be a positive multiple of the "
                          f"device count {devices}")
     accum = tr.get("grad_accum_steps", 1)
-    if accum < 1 or batch % (accum * devices):
+    if accum < 1:
+        raise ValueError(f"training.grad_accum_steps must be >= 1, got {accum}")
+    if batch % (accum * devices):
         raise ValueError(f"training.batch_size={batch} must be a multiple of "
                          f"training.grad_accum_steps={accum} times the device count {devices} "
                          f"(each micro-batch is split over the devices)")

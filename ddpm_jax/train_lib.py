@@ -30,10 +30,6 @@ from ddpm_jax import checkpointing, data, losses, run_config, sampling, train_lo
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.metric_writer import MetricWriter
 from ddpm_jax.models import UNet
-# Re-exported: these names of run_config were train_lib's before it existed.
-from ddpm_jax.run_config import (CONFIG_FILE, IMAGE_SHAPE_FILE, check_labels,  # noqa: F401
-                                 check_resume_config, config_changes, read_image_shape,
-                                 split_options, validate, write_run_files)
 from ddpm_jax.schedules import Schedule, make_schedule
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
@@ -106,6 +102,20 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
 def denoiser(model: UNet, params: Any, labels: jax.Array | None = None, **apply_kwargs):
     """``denoise_fn(x_t, t)`` of a U-Net with fixed parameters (and labels, when conditional)."""
     return lambda x, t: model.apply({"params": params}, x, t, labels, **apply_kwargs)
+
+
+def unconditional_denoiser(model: UNet, params: Any) -> Callable:
+    """``denoise_fn(x_t, t)`` without a class: an unconditional model as it is, a conditional one
+    with its null label on every row (labels shaped like ``t``, so any batch works). A
+    conditional model without a null label (``UNet.has_null_label``) has no unconditional
+    prediction: a one-line ValueError."""
+    if model.num_classes is None:
+        return denoiser(model, params)
+    if not model.has_null_label:
+        raise ValueError(f"this class-conditional model has no null label (its "
+                         f"{model.num_classes} class embeddings are all classes), so no "
+                         f"unconditional prediction: bits/dim and editing need one")
+    return lambda x, t: model.apply({"params": params}, x, t, jnp.full(t.shape, model.num_classes))
 
 
 def accumulate_gradients(grad_fn: Callable, params: Any, examples: Any, key: jax.Array,

@@ -209,8 +209,6 @@ def save_gif(
         )
 
 
-
-
 def log_snr_frames(log_snr: npt.ArrayLike, num_frames: int, *,
                    window: tuple[float, float] = (-4.0, 5.0)) -> np.ndarray:
     """Picks frames of a reverse process spaced evenly in log-SNR, where the picture changes.

@@ -118,6 +118,20 @@ def test_fixed_steps_and_transformations(setup):
     np.testing.assert_allclose(sharded, per_key, rtol=1e-5)
 
 
+def test_a_guided_denoiser_with_batch_labels(setup):
+    """classifier_free_guidance over [B] labels (a conditional model's denoiser in evaluate.py's
+    bpd_ode): the model is called on [B] rows, and with a label-independent model any scale
+    gives the unguided likelihood."""
+    s, f, x = setup
+    x = x[:8]
+    cond = lambda x, t, y: f(x, t) + 0.0 * y[:, None]  # [B] labels: fails on any other batch
+    guided = d.classifier_free_guidance(cond, jnp.zeros(8, jnp.int32), null_label=3,
+                                        guidance_scale=2.0)
+    run = lambda fn: jax.jit(lambda x: likelihood.ode_log_likelihood(
+        fn, s, x, num_steps=20, trace="exact").log_p)(x)
+    np.testing.assert_allclose(run(guided), run(f), rtol=1e-5)
+
+
 def test_bits_per_dim_as_score_sde():
     """score_sde (likelihood.py, ``get_likelihood_fn``, centred data): bpd = -(prior_logp +
     delta_logp) / np.log(2); bpd = bpd / N; offset = 7. - inverse_scaler(-1.); bpd + offset,

@@ -94,7 +94,7 @@ def test_gradient_accumulation_equals_the_whole_batch(setup, accum, num_devices)
     accum_step = train_lib.make_train_step(model, train_lib.make_schedule_from_config(config),
                                            train_lib.make_optimizer(config), accum_config)
     mesh = train_lib.data_mesh(jax.devices()[:num_devices])
-    train_lib.validate(accum_config, mesh)
+    run_config.validate(accum_config, mesh)
     rep, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     runs = []
     for fn in (jax.jit(step), jax.jit(accum_step, in_shardings=(rep, sharded, rep),

@@ -147,3 +147,20 @@ def test_labels_are_checked_with_one_line_errors():
     assert params["params"]["label_emb"]["embedding"].shape[0] == 3
     with pytest.raises(ValueError, match=r"labels hold 3, outside \[0, 2\]"):
         without_null.apply(params, x, t, jnp.array([0, 3]))
+
+
+def test_unconditional_denoiser_is_the_null_label_or_refused():
+    """train_lib.unconditional_denoiser (bits/dim, ODE bits/dim, editing): the null label on
+    every row, for any batch; a model without a null label is refused in one line (before, it
+    was fed a label past its table: NaN under jit)."""
+    from ddpm_jax import train_lib
+    model = UNet(**TINY, num_classes=3)
+    params = _random_params(model, (2, 8, 8, 1), jnp.zeros((2,), jnp.int32))["params"]
+    x, t = jnp.ones((4, 8, 8, 1)), jnp.arange(4)
+    out = jax.jit(train_lib.unconditional_denoiser(model, params))(x, t)
+    apply = jax.jit(lambda y: model.apply({"params": params}, x, t, y))
+    np.testing.assert_allclose(out, apply(jnp.full((4,), 3)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(out, apply(jnp.zeros((4,), jnp.int32)), atol=1e-6)  # labels matter
+    without_null = UNet(**TINY, num_classes=3, has_null_label=False)
+    with pytest.raises(ValueError, match="class-conditional model has no null label"):
+        train_lib.unconditional_denoiser(without_null, params)

@@ -219,8 +219,7 @@ def bits_per_dim(trained: generate.Trained, source: ImageSource, *, params: str 
     model, d = trained.model, trained.config.diffusion
 
     def apply_fn(p, x, t):
-        labels = None if model.num_classes is None else jnp.full(t.shape, model.num_classes)
-        return train_lib.denoiser(model, p, labels)(x, t)
+        return train_lib.unconditional_denoiser(model, p)(x, t)
 
     result = bound_on_split(apply_fn, chosen, trained.schedule, source, batch_size=batch_size,
                             target=d.target, variance=d.variance, num_examples=num_examples,

@@ -61,12 +61,10 @@ def ode_bits_per_dim(trained: generate.Trained, source: ImageSource, *, params: 
     num_dims = math.prod(source.image_shape)
 
     def per_batch(p, images, mask, offset, key):
-        labels = None if model.num_classes is None else jnp.full(images.shape[:1],
-                                                                 model.num_classes)
         pixels = jnp.round((images + 1.0) * 127.5)  # eval_batches' [-1, 1] back to 0..255
         noise_key, probe_key = jax.random.split(key)
         out = likelihood.ode_log_likelihood(
-            train_lib.denoiser(model, p, labels), trained.schedule,
+            train_lib.unconditional_denoiser(model, p), trained.schedule,
             likelihood.dequantize(noise_key, pixels), probe_key, trace=trace, solver=solver,
             num_steps=num_steps, rtol=rtol, atol=atol, target=d.target, variance=d.variance)
         valid = mask & (offset + jnp.arange(images.shape[0]) < n)
