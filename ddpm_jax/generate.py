@@ -91,7 +91,7 @@ def as_trained(model: Pretrained) -> Trained:
                    model.params)
 
 
-def _resolve(source: str | Trained | Pretrained, step: int | None) -> Trained:
+def resolve(source: str | Trained | Pretrained, step: int | None) -> Trained:
     """A workdir (restored at ``step``), ``Trained`` or ``Pretrained`` as a ``Trained``."""
     if isinstance(source, Pretrained):
         return as_trained(source)
@@ -146,7 +146,7 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
       mesh: a mesh with a ``data`` axis (default: every device of every process). The images do
         not depend on it beyond float rounding.
     """
-    trained = _resolve(workdir, step)
+    trained = resolve(workdir, step)
     config, model = trained.config, trained.model
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -263,7 +263,7 @@ def reverse_process(workdir: str | Trained | Pretrained, *, num_samples: int, se
         ``generate``.
       num_samples: how many chains, >= 1.
     """
-    trained = _resolve(workdir, step)
+    trained = resolve(workdir, step)
     num_timesteps = trained.schedule.num_timesteps
     run = generate(trained, num_samples=num_samples, seed=seed, params=params, sampler="ddpm",
                    num_steps=num_timesteps, spacing="time", variance=variance,

@@ -20,11 +20,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ddpm_jax import data, generate, run_config, sampling, train_lib, visualize
+from ddpm_jax import data, diffusion, generate, run_config, sampling, train_lib, visualize
 from ddpm_jax.checkpointing import as_path
-from ddpm_jax.data.images import resize_and_center_crop, to_channels
+from ddpm_jax.data.images import folder_pixels
 from ddpm_jax.pretrained import Pretrained
 from ddpm_jax.sampling import editing
 
@@ -44,11 +44,9 @@ def read_image(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) 
         raise ValueError(f"image files are read for square models only, got {image_shape}")
     try:
         with as_path(path).open("rb") as f, Image.open(f) as image:
-            pixels = resize_and_center_crop(
-                to_channels(ImageOps.exif_transpose(image), channels), height)
+            return folder_pixels(image, height, channels)
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {os.fspath(path)!r}: {err}") from None
-    return pixels.reshape(height, width, channels)
 
 
 def read_mask(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) -> np.ndarray:
@@ -83,13 +81,8 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
     Returns:
       ``generate.Samples`` (no trajectory) whose settings record the mode and its inputs.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown edit mode {mode!r}; expected one of {list(MODES)}")
-    if isinstance(workdir, Pretrained):
-        trained = generate.as_trained(workdir)
-    else:
-        trained = workdir if isinstance(workdir, generate.Trained) else (
-            generate.load_workdir(workdir, step=step))
+    diffusion.check_choice("edit mode", mode, MODES)
+    trained = generate.resolve(workdir, step)
     if num_samples < (2 if mode == "interpolate" else 1):
         raise ValueError(f"num_samples must be >= {2 if mode == 'interpolate' else 1} for "
                          f"{mode}, got {num_samples}")

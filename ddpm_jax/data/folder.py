@@ -30,10 +30,10 @@ import uuid
 from absl import logging
 from array_record.python import array_record_module
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
-from ddpm_jax.data.images import MODES, resize_and_center_crop, to_channels
+from ddpm_jax.data.images import MODES, folder_pixels
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 # Bump when the preparation changes what it writes, so old entries are not read.
@@ -133,13 +133,11 @@ def _decode(path: pathlib.Path, settings: FolderSettings) -> tuple[np.ndarray | 
     """(uint8 [S, S, C] pixels or None, whether upsampled, why it failed) of one file."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # camera photos stored sideways
-            upsampled = min(image.size) < settings.image_size
-            pixels = resize_and_center_crop(to_channels(image, settings.channels),
-                                            settings.image_size)
+            upsampled = min(image.size) < settings.image_size  # EXIF rotation keeps the sides
+            pixels = folder_pixels(image, settings.image_size, settings.channels)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return None, False, f"{type(err).__name__}: {err}"
-    return pixels.reshape(*pixels.shape[:2], settings.channels), upsampled, ""
+    return pixels, upsampled, ""
 
 
 def _decoded_in_order(paths: Sequence[pathlib.Path],

@@ -9,7 +9,7 @@ the target, resize the shorter side to the target with bicubic, then crop the ce
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Transparent pixels are composited onto this colour (white, as an image viewer shows them).
 BACKGROUND = (255, 255, 255)
@@ -95,3 +95,11 @@ def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:
     pixels = np.asarray(image)
     top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
     return pixels[top : top + size, left : left + size]
+
+
+def folder_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """An image file's pixels as an image folder stores them: EXIF rotation applied (camera
+    photos stored sideways), ``to_channels``, ``resize_and_center_crop``; uint8 [size, size,
+    channels]."""
+    pixels = resize_and_center_crop(to_channels(ImageOps.exif_transpose(image), channels), size)
+    return pixels.reshape(size, size, channels)
