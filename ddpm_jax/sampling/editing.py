@@ -22,26 +22,15 @@ import numpy as np
 
 from ddpm_jax import diffusion
 from ddpm_jax.diffusion import DenoiseFn, extract
-from ddpm_jax.sampling.sampler import default_spacing, sample
+from ddpm_jax.sampling.sampler import respaced, sample
 from ddpm_jax.sampling.steps import ddim_step
-from ddpm_jax.sampling.timesteps import sampling_timesteps
-from ddpm_jax.schedules import Schedule, respace
+from ddpm_jax.schedules import Schedule
 
 # The samplers inpainting supports: single-step ones whose state is x alone. The multistep
 # DPM-Solver++ samplers carry the previous x_0 prediction, which the replacement and RePaint's
 # jumps back make stale; Heun's corrector would need the known region replaced between its two
 # model calls. Neither is the method of the papers, so they are refused rather than approximated.
 INPAINT_SAMPLERS = ("ddim", "ddpm")
-
-
-def _respaced(schedule: Schedule, num_steps: int | None, spacing: str | None, sampler: str):
-    """(respaced schedule, model timesteps [S]) for ``num_steps`` steps, as ``sample`` does
-    (``spacing`` None: ``sampler``'s ``default_spacing``)."""
-    spacing = default_spacing(sampler) if spacing is None else spacing
-    model_timesteps = sampling_timesteps(schedule, num_steps, spacing=spacing)
-    if model_timesteps.shape[0] < schedule.num_timesteps:
-        schedule = respace(schedule, model_timesteps)
-    return schedule, model_timesteps
 
 
 def _check_mask(known: jax.Array, mask: jax.Array) -> jax.Array:
@@ -111,7 +100,7 @@ def inpaint(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, known: ja
     mask = _check_mask(known, mask)
     resample = _check_positive_int("resample", resample)
     jump = _check_positive_int("jump", jump)
-    schedule, model_timesteps = _respaced(schedule, num_steps, spacing, sampler)
+    schedule, model_timesteps = respaced(schedule, num_steps, spacing, sampler)
     steps = model_timesteps.shape[0]
     if steps % jump:
         raise ValueError(f"jump={jump} must divide the number of sampling steps {steps}")
@@ -229,7 +218,7 @@ def ddim_invert(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, *,
       [B, ...] x_T.
     """
     x0 = jnp.asarray(x0)
-    schedule, model_timesteps = _respaced(schedule, num_steps, spacing, "ddim")
+    schedule, model_timesteps = respaced(schedule, num_steps, spacing, "ddim")
     batch, ndim = x0.shape[:1], x0.ndim
 
     def step(x, i):

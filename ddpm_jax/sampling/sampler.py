@@ -52,6 +52,18 @@ def default_spacing(sampler: str) -> str:
     return _DEFAULT_SPACINGS[sampler]
 
 
+def respaced(schedule: Schedule, num_steps: int | None, spacing: str | None,
+             sampler: str) -> tuple[Schedule, jax.Array]:
+    """(the schedule over the visited timesteps, those model timesteps [S]) for ``num_steps``
+    steps on ``spacing`` (None: ``default_spacing(sampler)``): what ``sample`` runs on, shared
+    with the editing functions."""
+    spacing = default_spacing(sampler) if spacing is None else spacing
+    model_timesteps = sampling_timesteps(schedule, num_steps, spacing=spacing)
+    if model_timesteps.shape[0] < schedule.num_timesteps:
+        schedule = respace(schedule, model_timesteps)
+    return schedule, model_timesteps
+
+
 def _check_shape(shape) -> tuple[int, ...]:
     try:
         dims = tuple(operator.index(n) for n in shape)
@@ -118,14 +130,11 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape: tup
     if not isinstance(eta, jax.core.Tracer) and not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: ancestral)")
     shape = _check_shape(shape)
-    spacing = default_spacing(sampler) if spacing is None else spacing
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected the sample shape {shape}")
-    model_timesteps = sampling_timesteps(schedule, num_steps, spacing=spacing)
+    schedule, model_timesteps = respaced(schedule, num_steps, spacing, sampler)
     steps = model_timesteps.shape[0]
     chunk = _check_trajectory_every(trajectory_every, steps)
-    if steps < schedule.num_timesteps:
-        schedule = respace(schedule, model_timesteps)
     noise_key, step_key = jax.random.split(key)
     batch = shape[:1]
     indexed_fn = lambda x, t: denoise_fn(x, model_timesteps[t])
