@@ -60,8 +60,9 @@ docs: $(VENV)/.installed-docs data $(MATHJAX)
 $(MATHJAX):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libjs-mathjax
 
-bench: $(VENV)/.installed-test
-	$(PY) benchmarks/run.py
+# CPU suite with diffusers' UNet2DModel side by side (torch and diffusers: the [bench] extra).
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/run.py --compare diffusers
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

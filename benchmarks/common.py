@@ -27,6 +27,7 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 NUM_TIMESTEPS = 1000  # training schedule length, as in every config
 LEARNING_RATE, GRAD_CLIP, EMA_DECAY = 2e-4, 1.0, 0.9999  # configs/default.py's optimiser
+MIN_SNR_GAMMA = 5.0  # the demo's loss weighting (configs/fashion_mnist.py)
 
 
 def unet_fields(config: str) -> tuple[tuple[int, int, int], dict[str, Any]]:

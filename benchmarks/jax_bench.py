@@ -27,25 +27,35 @@ from ddpm_jax.models import UNet
 from ddpm_jax.schedules import Schedule, make_schedule
 
 
-def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTransformation):
+def make_train_step(model: UNet, schedule: Schedule, optimizer: optax.GradientTransformation, *,
+                    ema: bool = True, draws: bool = True, loss_weighting: str = "none"):
     """``step(state, x0, key) -> (state, loss)`` with ``state = (params, ema_params, opt_state)``.
 
     The work of ``train_lib.make_train_step`` with its default config: L_simple with eps target,
-    dropout, clipped Adam and the EMA update.
+    dropout, clipped Adam (``optimizer``) and the EMA update. The switches take parts out for
+    ``compare_bench``'s table of the step's parts: ``ema=False`` skips the EMA update,
+    ``draws=False`` replaces the draws of t and the noise by t = T / 2 and the batch reversed,
+    ``loss_weighting`` is ``losses.training_loss_given``'s (the demo's: ``'min_snr'``).
     """
     def train_step(state, x0, key):
         params, ema_params, opt_state = state
         loss_key, dropout_key = jax.random.split(key)
+        if draws:
+            t, noise = losses.draw_t_and_noise(schedule, loss_key, x0)
+        else:
+            t, noise = jnp.full(x0.shape[:1], schedule.num_timesteps // 2), x0[::-1]
 
         def loss_fn(p):
             denoise_fn = lambda x, t: model.apply({"params": p}, x, t, train=True,
                                                   rngs={"dropout": dropout_key})
-            return jnp.mean(losses.training_loss(denoise_fn, schedule, x0, loss_key))
+            return jnp.mean(losses.training_loss_given(denoise_fn, schedule, x0, t, noise,
+                                                       loss_weighting=loss_weighting))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        ema_params = optax.incremental_update(params, ema_params, 1.0 - EMA_DECAY)
+        if ema:
+            ema_params = optax.incremental_update(params, ema_params, 1.0 - EMA_DECAY)
         return (params, ema_params, opt_state), loss
 
     return train_step
@@ -101,13 +111,16 @@ def setup(config: str, batch_size: int, dtype: str) -> Setup:
     return Setup(model, make_schedule("linear", NUM_TIMESTEPS), optimizer, params, x0, t, key)
 
 
-def compile_train_step(s: Setup) -> tuple[Callable[[], None], float, float]:
+def compile_train_step(s: Setup, *, donate: bool = True,
+                       **step_options) -> tuple[Callable[[], None], float, float]:
     """(one training step on ``s``'s batch, run to completion; compile seconds; XLA's flops).
 
-    Each call continues from the state the previous one left (the state buffers are donated).
+    Each call continues from the state the previous one left (its buffers donated, unless
+    ``donate=False``). ``step_options``: ``make_train_step``'s switches.
     """
-    step, seconds, flop = compile_timed(make_train_step(s.model, s.schedule, s.optimizer),
-                                        s.train_state(), s.x0, s.key, donate_argnums=0)
+    step, seconds, flop = compile_timed(
+        make_train_step(s.model, s.schedule, s.optimizer, **step_options), s.train_state(), s.x0,
+        s.key, donate_argnums=0 if donate else ())
     holder = [s.train_state()]
 
     def run():
@@ -117,18 +130,39 @@ def compile_train_step(s: Setup) -> tuple[Callable[[], None], float, float]:
     return run, seconds, flop
 
 
+def loop_form(step: Callable) -> Callable:
+    """``make_train_step``'s step as ``train_loop`` takes it: batch ``{"image": x0}``, metrics
+    ``{"loss": loss}``."""
+    def train_step(state, batch, key):
+        state, loss = step(state, batch["image"], key)
+        return state, {"loss": loss}
+
+    return train_step
+
+
+def compile_multi_step(s: Setup, steps_per_call: int, **step_options) -> Callable[[], None]:
+    """K = ``steps_per_call`` training steps in one jitted call, as ``train.py``'s loop runs them
+    (``train_loop.make_multi_step``, unrolled), on K copies of ``s``'s batch, state donated."""
+    step = loop_form(make_train_step(s.model, s.schedule, s.optimizer, **step_options))
+    multi = jax.jit(train_loop.make_multi_step(step), donate_argnums=0)
+    batches = {"image": jnp.stack([s.x0] * steps_per_call)}
+    holder = [s.train_state()]
+
+    def run():
+        holder[0], metrics = multi(holder[0], batches, s.key)
+        jax.block_until_ready((holder[0], metrics))
+
+    run()  # compiles
+    return run
+
+
 def loop_step_seconds(s: Setup, steps_per_call: int, *, intervals: int) -> float:
     """Seconds per step of train.py's loop pieces (``ddpm_jax.train_loop``) around ``s``'s step:
     host batches stacked K at a time and put on the device two calls ahead, K steps per jitted
     call, the loss left on the device and fetched every 8 steps (or every call when K > 8).
     Median over ``intervals`` fetch-to-fetch intervals, after one that compiles."""
-    step = make_train_step(s.model, s.schedule, s.optimizer)
-
-    def train_step(state, batch, key):
-        state, loss = step(state, batch["image"], key)
-        return state, {"loss": loss}
-
-    multi = jax.jit(train_loop.make_multi_step(train_step), donate_argnums=0)
+    multi = jax.jit(train_loop.make_multi_step(
+        loop_form(make_train_step(s.model, s.schedule, s.optimizer))), donate_argnums=0)
     host = np.asarray(s.x0)
     batches = train_loop.device_prefetch(
         iter(lambda: {"image": host}, None),

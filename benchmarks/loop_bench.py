@@ -5,7 +5,9 @@ Run by ``run.py --suite loop`` as ``python benchmarks/loop_bench.py PARAMS_JSON 
 in-memory images, one checkpoint at the end) for each ``steps_per_call``, its steps/s read from
 ``metrics.jsonl`` (the first interval, which compiles, left out), over the steps/s of the bare
 jitted ``train_step`` on one batch already on the device, measured before and after each run in
-this process. ``mode="startup"``: seconds from this interpreter's first line to the first
+this process, and the compile time of the loop's jitted call for that K (``compile_s``: K
+steps unrolled in one program, so it grows with K). ``mode="compile"``: that compile time
+alone, for each K (a model too slow here to train, such as cifar10's). ``mode="startup"``: seconds from this interpreter's first line to the first
 completed step (1 step, logged at once) with the compilation cache at ``cache_dir`` (None: off).
 """
 
@@ -26,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from common import job_main, median_seconds, unet_fields  # noqa: E402
 from configs import test as test_config  # noqa: E402
-from ddpm_jax import data, train_lib  # noqa: E402
+from ddpm_jax import data, train_lib, train_loop  # noqa: E402
 from ddpm_jax.metric_writer import MetricWriter  # noqa: E402
 
 
@@ -62,6 +64,25 @@ def bare_step(config, image_shape):
         jax.block_until_ready(metrics)
 
     return run
+
+
+def call_compile_seconds(config, image_shape) -> float:
+    """Seconds to trace and compile the loop's one jitted call (``train_loop.make_train_call``)
+    for ``config.training.steps_per_call`` K, with the compilation cache off."""
+    model = train_lib.make_model(config, image_shape)
+    optimizer = train_lib.make_optimizer(config)
+    mesh = train_lib.data_mesh()
+    state = jax.eval_shape(lambda: train_lib.create_train_state(
+        model, optimizer, jax.random.key(0), image_shape))
+    call = train_loop.make_train_call(train_lib.make_train_step(
+        model, train_lib.make_schedule_from_config(config), optimizer, config),
+        jax.random.key(1), mesh)
+    k, b = config.training.steps_per_call, config.training.batch_size
+    batches = {"image": jax.ShapeDtypeStruct((k, b, *image_shape), np.float32)}
+    votes = jax.ShapeDtypeStruct((mesh.size,), np.bool_)
+    start = time.perf_counter()
+    call.lower(state, batches, votes).compile()
+    return time.perf_counter() - start
 
 
 def loop_steps_per_s(config, workdir: str) -> float:
@@ -100,6 +121,12 @@ def measure(*, mode: str, config: str, batch_size: int, steps_per_call: list[int
         return r
     jax.config.update("jax_enable_compilation_cache", False)
     r["runs"] = []
+    if mode == "compile":
+        for k in steps_per_call:
+            cfg.training.update(steps_per_call=k)
+            r["runs"].append(dict(steps_per_call=k,
+                                  compile_s=call_compile_seconds(cfg, image_shape)))
+        return r
     bare_run = bare_step(cfg, image_shape)
     bare_seconds = lambda: median_seconds(bare_run, warmup=2, repeats=repeats)
     for k in steps_per_call:
@@ -112,7 +139,8 @@ def measure(*, mode: str, config: str, batch_size: int, steps_per_call: list[int
         after = bare_seconds()
         bare = 2 / (before + after)
         r["runs"].append(dict(steps_per_call=k, loop_steps_per_s=rate, bare_steps_per_s=bare,
-                              efficiency=rate / bare))
+                              efficiency=rate / bare,
+                              compile_s=call_compile_seconds(cfg, image_shape)))
     return r
 
 

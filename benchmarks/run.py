@@ -54,7 +54,8 @@ SUITES: dict[str, dict[str, Any]] = {
     "cpu": dict(configs=["small", "cifar10"], batch_size={"tiny": 8, "small": 64, "cifar10": 16},
                 dtypes=["float32"], xla_flags=["", YNN_OFF], repeats=5, warmup=2,
                 sample_steps={"tiny": 100, "small": 100, "cifar10": 20}, sample_repeats=3,
-                compile_timesteps=[10, 1000], peak_size=2048, timeout=None),
+                compile_timesteps=[10, 1000], peak_size=2048, timeout=None,
+                steps_per_call=[1, 4], parts=["small"]),
     "gpu": dict(configs=["cifar10"], batch_size=128, dtypes=["float32", "bfloat16"],
                 xla_flags=[""], repeats=10, warmup=3, sample_steps=10, sample_repeats=5,
                 compile_timesteps=[10, 1000], peak_size=8192, timeout=200, steps_per_call=[1, 4]),
@@ -63,7 +64,7 @@ SUITES: dict[str, dict[str, Any]] = {
     # the K steps unrolled in one call (train_loop.make_multi_step).
     "loop": dict(configs=["tiny", "small"], batch_size={"tiny": 8, "small": 16, "cifar10": 16},
                  steps_per_call=[1, 4], log_every={"tiny": 8, "small": 8, "cifar10": 1},
-                 repeats=10,
+                 repeats=10, compile_only=["cifar10"],
                  timeout=None),
 }
 PER_CONFIG = ("batch_size", "sample_steps", "log_every")  # an int flag applies to every config
@@ -91,8 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, help="seconds allowed per job")
     p.add_argument("--compare", choices=["diffusers"], help="also time diffusers' UNet2DModel")
     p.add_argument("--steps_per_call", type=lambda s: [int(x) for x in csv(s)],
-                   help="K values of the loop's efficiency (suites loop and gpu)")
+                   help="K values: the loop's efficiency (suites loop and gpu); ours at K steps "
+                        "per call next to diffusers (--compare)")
+    p.add_argument("--parts", type=csv,
+                   help="configs whose step's parts are timed against diffusers' (--compare)")
     p.add_argument("--log_every", type=int, help="loop suite: calls per logged interval")
+    p.add_argument("--compile_only", type=csv,
+                   help="loop suite: configs whose call is only compiled for each K, not trained "
+                        "(default: cifar10, ~3 s a step here)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     for name, default in SUITES[args.suite].items():
@@ -152,10 +159,11 @@ def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
                     warmup=args.warmup, sample_steps=args.sample_steps[config],
                     sample_repeats=args.sample_repeats,
                     compile_timesteps=args.compile_timesteps, peak_size=args.peak_size,
-                    steps_per_call=args.steps_per_call or [])))
+                    steps_per_call=args.steps_per_call if args.suite == "gpu" else [])))
         if compare:  # under the flags train.py sets, float32 (diffusers' dtype)
-            jobs.append(("compare", YNN_OFF, dict(config=config, batch_size=batch,
-                                                  repeats=args.repeats, warmup=args.warmup)))
+            jobs.append(("compare", YNN_OFF, dict(
+                config=config, batch_size=batch, repeats=args.repeats, warmup=args.warmup,
+                steps_per_call=args.steps_per_call or [], parts=config in (args.parts or ()))))
         if has_tfds:
             jobs.append(("pipeline", "", dict(config=config, batch_size=batch, repeats=50)))
     if not has_tfds:
@@ -169,9 +177,11 @@ def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
 
 def loop_jobs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
-    """The loop suite: efficiency per config, then start-up of the last config without, with a
-    cold and with a warm compilation cache (under train.py's XLA flags)."""
-    jobs = [("loop", YNN_OFF, dict(mode="efficiency", config=c, batch_size=args.batch_size[c],
+    """The loop suite: efficiency per config (or compile times only, ``--compile_only``), then
+    start-up of the last config without, with a cold and with a warm compilation cache (under
+    train.py's XLA flags)."""
+    jobs = [("loop", YNN_OFF, dict(mode="compile" if c in args.compile_only else "efficiency",
+                                   config=c, batch_size=args.batch_size[c],
                                    steps_per_call=args.steps_per_call,
                                    log_every=args.log_every[c], repeats=args.repeats))
             for c in args.configs]
@@ -218,6 +228,7 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
                              *(f"sampler T={t}" for t in timesteps),
                              f"T={timesteps[-1]} / T={timesteps[0]}"], compile_rows))
     compare_rows = []
+    ratio = lambda m: f"**{m['ratio']:.2f}** ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})"
     for r in (r for r in ok if r["kind"] == "compare"):
         line = (f"{r['config']} parameters: ddpm_jax {r['params']:,}, "
                 f"diffusers {r['diffusers_params']:,}")
@@ -225,7 +236,6 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
         if abs(r["params"] - r["diffusers_params"]) > 0.01 * r["diffusers_params"]:
             problems.append(line + " (differ by more than 1%)")
         b, train, forward = r["batch_size"], r["train"], r["forward"]
-        ratio = lambda m: f"**{m['ratio']:.2f}** ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})"
         compare_rows.append([r["config"], b, f"`{r['xla_flags']}`",
                              f"torch {r['torch']}, {r['threads']} threads",
                              fmt(1 / train["ours_s"], 3), fmt(1 / train["theirs_s"], 3),
@@ -236,14 +246,29 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
                              "train steps/s: ddpm_jax", "diffusers", "train x diffusers (range)",
                              "forward img/s: ddpm_jax", "diffusers",
                              "forward x diffusers (range)"], compare_rows))
+    per_call = [[r["config"], r["batch_size"], k, fmt(int(k) / m["ours_s"], 3),
+                 fmt(int(k) / m["theirs_s"], 3), ratio(m)]
+                for r in ok if r["kind"] == "compare"
+                for k, m in [("1", r["train"]), *r.get("steps_per_call", {}).items()]]
+    if any(r.get("steps_per_call") for r in ok if r["kind"] == "compare"):
+        out.append(markdown(["config", "batch", "steps per call (ours)", "steps/s: ddpm_jax",
+                             "diffusers", "x diffusers (range)"], per_call))
+    parts = [part_row(r, p, ratio) for r in ok if r["kind"] == "compare"
+             for p in r.get("parts", ())]
+    if parts:
+        out.append(markdown(["config", "batch", "step", "ddpm_jax ms", "vs its demo step (range)",
+                             "diffusers ms", "vs its demo step (range)",
+                             "x diffusers (range)"], parts))
     loop_rows = [[r["config"], r["batch_size"], run["steps_per_call"],
-                  fmt(run["bare_steps_per_s"]), fmt(run["loop_steps_per_s"]),
-                  f"**{run['efficiency']:.3f}**"]
-                 for r in ok if r["kind"] == "loop" and r["mode"] == "efficiency"
+                  fmt(run.get("bare_steps_per_s")), fmt(run.get("loop_steps_per_s")),
+                  f"**{run['efficiency']:.3f}**" if "efficiency" in run else "-",
+                  fmt(run.get("compile_s"), 1)]
+                 for r in ok if r["kind"] == "loop" and r["mode"] in ("efficiency", "compile")
                  for run in r["runs"]]
     if loop_rows:
         out.append(markdown(["config", "batch", "steps_per_call", "bare step steps/s",
-                             "train.py loop steps/s", "loop efficiency"], loop_rows))
+                             "train.py loop steps/s", "loop efficiency", "compile s"],
+                            loop_rows))
     startup = [[r["config"], r["cache"] or "off", fmt(r["first_step_s"], 1)]
                for r in ok if r["kind"] == "loop" and r["mode"] == "startup"]
     if startup:
@@ -255,6 +280,18 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
         out.append(markdown(["config", "batch", "input pipeline img/s (ArraySource, flips)"],
                             pipeline))
     return "\n\n".join(out), problems
+
+
+def part_row(r: dict[str, Any], part: dict[str, Any], ratio) -> list[Any]:
+    """A row of the step's parts table (``compare_bench.measure_parts``)."""
+    ms = lambda m, key: fmt(1e3 * m[key], 0)
+    if "ours_vs_demo" not in part:  # the demo step itself
+        return [r["config"], r["batch_size"], part["name"], ms(part, "ours_s"), "1",
+                ms(part, "theirs_s"), "1", ratio(part)]
+    theirs = part.get("theirs_vs_demo")
+    return [r["config"], r["batch_size"], part["name"], ms(part["ours_vs_demo"], "theirs_s"),
+            ratio(part["ours_vs_demo"]), ms(theirs, "theirs_s") if theirs else "-",
+            ratio(theirs) if theirs else "-", ratio(part) if theirs else "-"]
 
 
 def markdown(header: list[str], rows: list[list[Any]]) -> str:

@@ -37,12 +37,12 @@ def test_suite_defaults_cover_every_config():
 def test_loop_suite_tables():
     efficiency = dict(kind="loop", mode="efficiency", config="tiny", batch_size=8, xla_flags="",
                       runs=[dict(steps_per_call=4, bare_steps_per_s=50.0, loop_steps_per_s=45.0,
-                                 efficiency=0.9)])
+                                 efficiency=0.9, compile_s=12.34)])
     startup = dict(kind="loop", mode="startup", config="small", batch_size=16, xla_flags="",
                    cache="warm", cache_dir="/tmp/x", first_step_s=7.25)
     text, problems = run.tables([efficiency, startup])
     assert problems == []
-    assert "| tiny | 8 | 4 | 50.00 | 45.00 | **0.900** |" in text
+    assert "| tiny | 8 | 4 | 50.00 | 45.00 | **0.900** | 12.3 |" in text
     assert "| small | warm | 7.2 |" in text
 
 
@@ -75,6 +75,36 @@ def test_tables_report_ratios_and_parameter_mismatches():
     _, problems = run.tables([jax_row, dict(kind="jax", config="cifar10", xla_flags="x",
                                             error="boom")])
     assert problems and "failed" in problems[0]
+
+
+def test_tables_report_steps_per_call_and_the_step_parts():
+    pair = lambda ours, theirs: dict(ours_s=ours, theirs_s=theirs, ratio=theirs / ours,
+                                     ratio_min=theirs / ours, ratio_max=theirs / ours)
+    compare_row = dict(kind="compare", config="small", batch_size=64, xla_flags="",
+                       params=1000, diffusers_params=1000, torch="2.x", threads=2,
+                       train=pair(0.8, 0.5), forward=pair(0.1, 0.1),
+                       steps_per_call={"4": pair(2.4, 2.0)},
+                       parts=[dict(name="demo step", **pair(0.8, 0.5)),
+                              dict(name="no EMA update", ours_vs_demo=pair(0.8, 0.72),
+                                   theirs_vs_demo=pair(0.5, 0.45), **pair(0.72, 0.45)),
+                              dict(name="no donation", ours_vs_demo=pair(0.8, 0.84))])
+    text, problems = run.tables([compare_row])
+    assert problems == []
+    assert "| small | 64 | 1 | 1.250 | 2.000 | **0.62** (0.62-0.62) |" in text
+    assert "| small | 64 | 4 | 1.667 | 2.000 | **0.83** (0.83-0.83) |" in text
+    assert "| small | 64 | demo step | 800 | 1 | 500 | 1 | **0.62** (0.62-0.62) |" in text
+    assert ("| small | 64 | no EMA update | 720 | **0.90** (0.90-0.90) | 450 | **0.90** (0.90-0.90) "
+            "| **0.62** (0.62-0.62) |") in text
+    assert "| small | 64 | no donation | 840 | **1.05** (1.05-1.05) | - | - | - |" in text
+
+
+def test_loop_suite_compiles_only_what_it_cannot_train():
+    args = run.parse_args(["--suite", "loop", "--configs", "small,cifar10"])
+    modes = [(p["config"], p["mode"]) for _, _, p in run.loop_jobs(args)]
+    assert modes[:2] == [("small", "efficiency"), ("cifar10", "compile")]
+    text, _ = run.tables([dict(kind="loop", mode="compile", config="cifar10", batch_size=16,
+                               xla_flags="", runs=[dict(steps_per_call=4, compile_s=62.1)])])
+    assert "| cifar10 | 16 | 4 | - | - | - | 62.1 |" in text
 
 
 def test_paired_ratio_is_the_median_of_per_pair_ratios(monkeypatch):

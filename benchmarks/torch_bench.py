@@ -2,8 +2,9 @@
 
 The model has Ho et al.'s layout (as in google/ddpm-cifar10-32): one attention head, stride-2
 convolutions without padding, sinusoidal embedding without the cos/sin flip. The step does the
-work of ``jax_bench.make_train_step``: L_simple, backward, clipped Adam and the EMA update.
-``compare_bench.py`` times it against ours.
+work of ``jax_bench.make_train_step``: L_simple, backward, clipped Adam and the EMA update, with
+the same switches to take parts out (and Min-SNR-5 weighting in). ``compare_bench.py`` times it
+against ours.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from common import EMA_DECAY, GRAD_CLIP, LEARNING_RATE, NUM_TIMESTEPS, unet_fields
+from common import EMA_DECAY, GRAD_CLIP, LEARNING_RATE, MIN_SNR_GAMMA, NUM_TIMESTEPS, unet_fields
 
 
 def diffusers_unet(config: str) -> tuple[UNet2DModel, tuple[int, int, int]]:
@@ -44,8 +45,13 @@ class DiffusersSteps(NamedTuple):
     torch_version: str
 
 
-def diffusers_steps(config: str, batch_size: int) -> DiffusersSteps:
-    """The diffusers model of ``config`` on a random batch, using every core of this process."""
+def diffusers_steps(config: str, batch_size: int, *, ema: bool = True, clip: bool = True,
+                    draws: bool = True, min_snr: bool = False) -> DiffusersSteps:
+    """The diffusers model of ``config`` on a random batch, using every core of this process.
+
+    The switches as in ``jax_bench.make_train_step`` (``clip``: its optimizer's global-norm clip;
+    ``min_snr``: its ``loss_weighting='min_snr'``, gamma 5).
+    """
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -55,18 +61,28 @@ def diffusers_steps(config: str, batch_size: int) -> DiffusersSteps:
     ema = [p.detach().clone() for p in model.parameters()]
     x0 = torch.rand(batch_size, channels, height, width) * 2 - 1
 
+    snr = scheduler.alphas_cumprod / (1.0 - scheduler.alphas_cumprod)
+
     def train_step():
         model.train()
-        t = torch.randint(0, NUM_TIMESTEPS, (batch_size,))
-        noise = torch.randn_like(x0)
-        loss = torch.mean((model(scheduler.add_noise(x0, noise, t), t).sample - noise) ** 2)
+        if draws:
+            t = torch.randint(0, NUM_TIMESTEPS, (batch_size,))
+            noise = torch.randn_like(x0)
+        else:
+            t, noise = torch.full((batch_size,), NUM_TIMESTEPS // 2), x0.flip(0)
+        error = (model(scheduler.add_noise(x0, noise, t), t).sample - noise) ** 2
+        if min_snr:
+            error = error.mean(dim=(1, 2, 3)) * snr[t].clamp(max=MIN_SNR_GAMMA) / snr[t]
+        loss = error.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
-        with torch.no_grad():
-            for e, p in zip(ema, model.parameters()):
-                e.lerp_(p, 1.0 - EMA_DECAY)
+        if ema:
+            with torch.no_grad():
+                for e, p in zip(ema, model.parameters()):
+                    e.lerp_(p, 1.0 - EMA_DECAY)
 
     t = torch.full((batch_size,), NUM_TIMESTEPS // 2)
 

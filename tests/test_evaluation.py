@@ -206,6 +206,21 @@ def test_bits_per_dim_of_checkpoint(trained, splits):
     assert r["estimator"] == "full" and "timesteps_per_image" not in r
 
 
+def test_a_classifier_file_from_before_convs_per_stage_has_one_conv_per_stage(tmp_path):
+    """Files written before ``convs_per_stage`` existed (one conv per stage) keep their features."""
+    import flax.serialization
+    old = evaluation.Classifier(10, convs_per_stage=1)
+    images = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1), minval=-1.0)
+    params = old.init(jax.random.key(1), images)["params"]
+    info = dict(image_shape=[28, 28, 1], num_classes=10, channels=[32, 64], num_features=128)
+    path = tmp_path / "old.msgpack"
+    path.write_bytes(flax.serialization.msgpack_serialize(
+        {"params": params, "info": json.dumps(info)}))
+    extractor, _ = evaluation.load_classifier(str(path))
+    np.testing.assert_allclose(extractor(np.asarray(images)),
+                               old.apply({"params": params}, images)[1], rtol=1e-4, atol=1e-5)
+
+
 def test_classifier_features_and_reference_cache(classifier, splits, fashion_dir, tmp_path):
     path, accuracy = classifier
     assert accuracy > 0.3  # 30 steps on 512 images; chance is 0.1
