@@ -100,7 +100,7 @@ flags.DEFINE_integer("kid_subsets", 100, "KID subset pairs.")
 flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size.")
 # Classifier training.
 flags.DEFINE_bool("train_classifier", False, "Train the feature classifier and save it.")
-flags.DEFINE_integer("classifier_steps", 1000, "Classifier training steps.")
+flags.DEFINE_integer("classifier_steps", 2000, "Classifier training steps.")
 flags.DEFINE_integer("classifier_batch_size", 128, "Classifier batch size.")
 flags.DEFINE_string("classifier_train_split", None, "Classifier training split (default: train; "
                     "train[:90%] of a folder).")

@@ -140,11 +140,11 @@ def loop_form(step: Callable) -> Callable:
     return train_step
 
 
-def compile_multi_step(s: Setup, steps_per_call: int, **step_options) -> Callable[[], None]:
+def compile_multi_step(s: Setup, steps_per_call: int) -> Callable[[], None]:
     """K = ``steps_per_call`` training steps in one jitted call, as ``train.py``'s loop runs them
     (``train_loop.make_multi_step``, unrolled), on K copies of ``s``'s batch, state donated."""
-    step = loop_form(make_train_step(s.model, s.schedule, s.optimizer, **step_options))
-    multi = jax.jit(train_loop.make_multi_step(step), donate_argnums=0)
+    multi = jax.jit(train_loop.make_multi_step(
+        loop_form(make_train_step(s.model, s.schedule, s.optimizer))), donate_argnums=0)
     batches = {"image": jnp.stack([s.x0] * steps_per_call)}
     holder = [s.train_state()]
 

@@ -7,8 +7,9 @@ in-memory images, one checkpoint at the end) for each ``steps_per_call``, its st
 jitted ``train_step`` on one batch already on the device, measured before and after each run in
 this process, and the compile time of the loop's jitted call for that K (``compile_s``: K
 steps unrolled in one program, so it grows with K). ``mode="compile"``: that compile time
-alone, for each K (a model too slow here to train, such as cifar10's). ``mode="startup"``: seconds from this interpreter's first line to the first
-completed step (1 step, logged at once) with the compilation cache at ``cache_dir`` (None: off).
+alone, for each K (a model too slow here to train, such as cifar10's). ``mode="startup"``:
+seconds from this interpreter's first line to the first completed step (1 step, logged at once)
+with the compilation cache at ``cache_dir`` (None: off).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ scan costs nothing beyond its denoiser calls).
 ``--compare diffusers`` adds a table against diffusers' ``UNet2DModel`` (same architecture and
 parameter count, PyTorch on every core), timed in one process that alternates the two
 (``compare_bench.py``): ``x diffusers`` is the median over repeats of the per-pair ratio of their
-time to ours, with its range. Where the step's time goes: ``profile_step.py``. Checks of this
-code: ``python -m pytest benchmarks``.
+time to ours, with its range; then ours at each ``--steps_per_call`` K > 1 (K steps in one call)
+against K of theirs, and for the ``--parts`` configs the demo's step with one part out at a
+time (EMA, clip, draws, Min-SNR, donation), each paired with its own framework's demo step.
+Where the step's time goes: ``profile_step.py``. Checks of this code: ``python -m pytest
+benchmarks``.
 
 ``--suite loop`` (``loop_bench.py``): ``loop efficiency`` is ``train.py``'s steps/s (its loop on
 synthetic images, from ``metrics.jsonl``) over the bare jitted step's, measured in the same
@@ -198,6 +201,11 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def ratio(m: dict[str, float]) -> str:
+    """A paired ratio (``compare_bench.paired``) with its range, for markdown."""
+    return f"**{m['ratio']:.2f}** ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})"
+
+
 def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """(markdown tables, problems found: failed jobs, parameter-count mismatches)."""
     problems = [f"{r['kind']} {r['config']} {r.get('dtype', '')} {r['xla_flags']!r}: failed"
@@ -228,7 +236,6 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
                              *(f"sampler T={t}" for t in timesteps),
                              f"T={timesteps[-1]} / T={timesteps[0]}"], compile_rows))
     compare_rows = []
-    ratio = lambda m: f"**{m['ratio']:.2f}** ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})"
     for r in (r for r in ok if r["kind"] == "compare"):
         line = (f"{r['config']} parameters: ddpm_jax {r['params']:,}, "
                 f"diffusers {r['diffusers_params']:,}")
@@ -253,7 +260,7 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
     if any(r.get("steps_per_call") for r in ok if r["kind"] == "compare"):
         out.append(markdown(["config", "batch", "steps per call (ours)", "steps/s: ddpm_jax",
                              "diffusers", "x diffusers (range)"], per_call))
-    parts = [part_row(r, p, ratio) for r in ok if r["kind"] == "compare"
+    parts = [part_row(r, p) for r in ok if r["kind"] == "compare"
              for p in r.get("parts", ())]
     if parts:
         out.append(markdown(["config", "batch", "step", "ddpm_jax ms", "vs its demo step (range)",
@@ -282,7 +289,7 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, list[str]]:
     return "\n\n".join(out), problems
 
 
-def part_row(r: dict[str, Any], part: dict[str, Any], ratio) -> list[Any]:
+def part_row(r: dict[str, Any], part: dict[str, Any]) -> list[Any]:
     """A row of the step's parts table (``compare_bench.measure_parts``)."""
     ms = lambda m, key: fmt(1e3 * m[key], 0)
     if "ours_vs_demo" not in part:  # the demo step itself
