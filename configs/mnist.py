@@ -1,4 +1,4 @@
-"""MNIST at 28x28: the Fashion-MNIST model, trained longer on the digits."""
+"""MNIST at 28x28: the Fashion-MNIST demo's model and recipe, on the digits."""
 
 from configs import fashion_mnist
 

@@ -18,6 +18,7 @@ def get_config():
     config.sampling.num_steps = None
     config.training.batch_size = 8
     config.training.num_steps = 4
+    config.training.steps_per_call = 1  # the demo's 4 would not divide the step counts below
     config.training.log_every = 1
     config.training.checkpoint_every = 2
     config.training.sample_every = 4

@@ -319,11 +319,14 @@ def test_attention_at_no_feature_map_height_is_refused(caplog):
 @pytest.mark.parametrize("name, image_size", [
     ("default", 32), ("cifar10", 32), ("celeb_a64", 64), ("fashion_mnist", 28), ("mnist", 28),
     ("test", 28), ("folder", 32), ("folder", 64)])
-def test_every_shipped_config_has_its_attention_at_its_image_size(name, image_size):
+def test_every_shipped_config_runs_at_its_image_size(name, image_size):
     import importlib
 
     config = importlib.import_module(f"configs.{name}").get_config()
     run_config.check_attention(config, image_size, resuming=False)
+    # Attention at a feature-map height (above), and training settings that run (steps_per_call
+    # divides the intervals, ...).
+    run_config.validate(config, train_lib.data_mesh(jax.devices()[:1]))
 
 
 def test_bad_batch_size(fashion_dir, tmp_path):
