@@ -96,7 +96,9 @@ def main(argv):
     out = FLAGS.out or os.fspath(checkpointing.as_path(FLAGS.workdir) / "samples")
     try:
         mode = edit_mode()
-        source = pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir
+        # Restored once, for the samples and the trajectory alike.
+        source = generate.resolve(
+            pretrained.load(FLAGS.pretrained) if FLAGS.pretrained else FLAGS.workdir, FLAGS.step)
         process = None
         if mode:
             result = image_edits.edit(

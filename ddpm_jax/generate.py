@@ -35,7 +35,9 @@ GRID_PAD_VALUE = 64  # the reverse process's grids: dark grey lines between tile
 @dataclasses.dataclass(frozen=True)
 class Trained:
     """A restored run: its config, model, image shape, schedule, step and parameter sets
-    (``step`` is None for a pretrained model, see ``as_trained``)."""
+    (``step`` is None for a pretrained model, see ``as_trained``), and where it came from
+    (``source``: ``{"workdir": path}`` or ``{"pretrained": id}``, recorded in the settings of
+    what is sampled from it)."""
 
     config: ml_collections.ConfigDict
     image_shape: tuple[int, int, int]
@@ -44,6 +46,7 @@ class Trained:
     step: int | None
     params: Any
     ema_params: Any
+    source: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def chosen_params(self, params: str) -> Any:
         """The ``'ema'`` or ``'raw'`` parameter set."""
@@ -64,6 +67,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
     config = load_config(workdir)
+    source = {"workdir": os.fspath(as_path(workdir))}
     workdir = as_path(workdir)
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
@@ -75,8 +79,7 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
                                                  jax.random.key(0), image_shape))
         state = ckpt.restore(template, step)
     return Trained(config, image_shape, model, train_lib.make_schedule_from_config(config),
-                   int(state.step),
-                   state.params, state.ema_params)
+                   int(state.step), state.params, state.ema_params, source)
 
 
 def as_trained(model: Pretrained) -> Trained:
@@ -88,7 +91,7 @@ def as_trained(model: Pretrained) -> Trained:
         sampling=dict(sampler="ddpm", num_steps=None, spacing=None, eta=0.0,
                       clip_x0=model.clip_x0)))
     return Trained(config, model.image_shape, model.model, model.schedule, None, model.params,
-                   model.params)
+                   model.params, {"pretrained": model.source})
 
 
 def resolve(source: str | Trained | Pretrained, step: int | None) -> Trained:
@@ -219,12 +222,11 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
                 trajectory = gather(trajectory)
             outputs.append(gather(out))
     images = np.concatenate(outputs)[:num_samples]
-    settings = dict(workdir=os.fspath(as_path(workdir)) if isinstance(workdir, str) else None,
-                    step=trained.step, seed=seed, num_samples=num_samples, params=params,
+    settings = dict(workdir=trained.source.get("workdir"), step=trained.step, seed=seed, num_samples=num_samples, params=params,
                     batch_size=batch_size, guidance_scale=scale,
                     labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
-    if isinstance(workdir, Pretrained):
-        settings["pretrained"] = workdir.source
+    if "pretrained" in trained.source:
+        settings["pretrained"] = trained.source["pretrained"]
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 

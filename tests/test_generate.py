@@ -131,6 +131,7 @@ def test_sample_cli_outputs(trained_workdir, tmp_path):
     assert npz["samples"].dtype == np.float32
     settings = json.load(open(out / "sample_settings.json"))
     assert settings["seed"] == 3 and settings["step"] == 4 and settings["params"] == "ema"
+    assert settings["workdir"] == str(trained_workdir)  # restored once, its source carried along
     # T = 20 steps: 20 frames of the chain plus the final image, on the page and in the GIF.
     assert Image.open(out / "reverse_process.gif").n_frames == 21
     html = (out / "reverse_process.html").read_text()
