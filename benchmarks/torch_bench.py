@@ -58,7 +58,7 @@ def diffusers_steps(config: str, batch_size: int, *, ema: bool = True, clip: boo
     model, (height, width, channels) = diffusers_unet(config)
     scheduler = DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    ema = [p.detach().clone() for p in model.parameters()]
+    ema_params = [p.detach().clone() for p in model.parameters()]
     x0 = torch.rand(batch_size, channels, height, width) * 2 - 1
 
     snr = scheduler.alphas_cumprod / (1.0 - scheduler.alphas_cumprod)
@@ -81,7 +81,7 @@ def diffusers_steps(config: str, batch_size: int, *, ema: bool = True, clip: boo
         optimizer.step()
         if ema:
             with torch.no_grad():
-                for e, p in zip(ema, model.parameters()):
+                for e, p in zip(ema_params, model.parameters()):
                     e.lerp_(p, 1.0 - EMA_DECAY)
 
     t = torch.full((batch_size,), NUM_TIMESTEPS // 2)
