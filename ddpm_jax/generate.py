@@ -67,7 +67,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
     """Restores the config and the (latest, or ``step``) checkpoint of a training workdir."""
     config = load_config(workdir)
-    source = {"workdir": os.fspath(as_path(workdir))}
     workdir = as_path(workdir)
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
@@ -79,7 +78,8 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Trained:
                                                  jax.random.key(0), image_shape))
         state = ckpt.restore(template, step)
     return Trained(config, image_shape, model, train_lib.make_schedule_from_config(config),
-                   int(state.step), state.params, state.ema_params, source)
+                   int(state.step), state.params, state.ema_params,
+                   {"workdir": os.fspath(workdir)})
 
 
 def as_trained(model: Pretrained) -> Trained:
@@ -222,7 +222,8 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
                 trajectory = gather(trajectory)
             outputs.append(gather(out))
     images = np.concatenate(outputs)[:num_samples]
-    settings = dict(workdir=trained.source.get("workdir"), step=trained.step, seed=seed, num_samples=num_samples, params=params,
+    settings = dict(workdir=trained.source.get("workdir"), step=trained.step, seed=seed,
+                    num_samples=num_samples, params=params,
                     batch_size=batch_size, guidance_scale=scale,
                     labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
     if "pretrained" in trained.source:
