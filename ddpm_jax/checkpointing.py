@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
+import types
 from typing import Any, Iterator
 
 from absl import logging as absl_logging
@@ -61,29 +63,59 @@ def _first_line(error: BaseException, limit: int = 240) -> str:
     return f"{type(error).__name__}: {line if len(line) <= limit else line[:limit] + '...'}"
 
 
-def _ignore_reads_after_a_failed_restore() -> None:
-    """Silences the noise of a failed restore, and only that.
+# orbax's wrapper of a failed array read, and tensorstore's own read errors ("OUT_OF_RANGE: ...").
+_READ_ERROR = re.compile(
+    r"Encountered error while reading array index|[A-Z_]+: Error (reading|opening)")
 
-    When one array cannot be read, orbax closes its event loop while tensorstore still finishes
-    the other reads; each then reports ``RuntimeError('Event loop is closed')`` from
-    ``call_soon_threadsafe`` through ``sys.unraisablehook``, a traceback printed after the real,
-    one-line error. This hook drops exactly those and passes everything else on.
+
+def _is_read_after_a_failed_restore(error: BaseException | None,
+                                    trace: types.TracebackType | None = None) -> bool:
+    """Whether ``error`` is the echo of a restore that has already failed.
+
+    When one array cannot be read, orbax raises that error and closes its event loop while
+    tensorstore still finishes the other reads. Each of those then surfaces once more, after the
+    real error: as ``RuntimeError('Event loop is closed')`` from ``call_soon_threadsafe``; as a
+    read coroutine that turns its closing into orbax's ``Exception('Encountered error while
+    reading array index ...')``; or as asyncio's "exception was never retrieved" for a task or
+    future holding a read error. A restore that succeeds produces none of these.
     """
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+            and trace is not None and trace.tb_frame.f_code.co_name == "_check_closed"):
+        return True
+    while error is not None:
+        if _READ_ERROR.match(str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _keep_record(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    first_line = str(record.msg).split("\n", 1)[0]
+    return not (first_line.endswith("exception was never retrieved")
+                and _is_read_after_a_failed_restore(error))
+
+
+def _silence_reads_after_a_failed_restore() -> None:
+    """Drops the echoes of a failed restore (see ``_is_read_after_a_failed_restore``), which
+    would otherwise print tracebacks after its one-line error, at any time until the process
+    exits; passes everything else on. Installed once, before the first restore: the echoes can
+    come while orbax is still unwinding."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_reads_after_a_failed_restore", False):
         return
 
     def hook(unraisable):
-        error = unraisable.exc_value
-        trace = unraisable.exc_traceback
-        while trace is not None and trace.tb_next is not None:
-            trace = trace.tb_next
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-                and trace is not None and trace.tb_frame.f_code.co_name == "_check_closed"):
+        if not _is_read_after_a_failed_restore(unraisable.exc_value, unraisable.exc_traceback):
             previous(unraisable)
 
     hook.drops_reads_after_a_failed_restore = True
     sys.unraisablehook = hook
+    asyncio_logger = logging.getLogger("asyncio")
+    if _keep_record not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_keep_record)
 
 
 @contextlib.contextmanager
@@ -180,10 +212,10 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available steps: {steps}")
         abstract = jax.tree.map(_abstract_leaf, template)
+        _silence_reads_after_a_failed_restore()
         try:
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many types
-            _ignore_reads_after_a_failed_restore()
             others = [s for s in steps if s != step]
             raise CheckpointError(
                 f"checkpoint step {step} at {self.directory / str(step)} cannot be restored "
