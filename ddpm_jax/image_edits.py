@@ -29,7 +29,6 @@ from ddpm_jax.pretrained import Pretrained
 from ddpm_jax.sampling import editing
 
 MODES = ("inpaint", "interpolate", "sdedit")
-DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp_2m", "heun")
 
 
 def read_image(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) -> np.ndarray:
@@ -99,7 +98,7 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
     if mode == "interpolate":
         chosen = sampler or config_sampler
         chosen_eta = trained.config.sampling.get("eta", 0.0) if eta is None else eta
-        if chosen not in DETERMINISTIC_SAMPLERS or (chosen == "ddim" and chosen_eta):
+        if chosen not in sampling.DETERMINISTIC_SAMPLERS or (chosen == "ddim" and chosen_eta):
             if sampler is not None:
                 raise ValueError(f"interpolate needs a deterministic sampler (ddim with eta 0, "
                                  f"dpmpp_2m or heun), got {sampler!r} with eta={chosen_eta}")

@@ -1,11 +1,11 @@
 """A run's configuration: the checks made before anything is written, and the run files.
 
-``validate`` (settings that cannot run on the mesh), ``check_labels`` (the model's classes against
-the data's), ``check_attention`` (attention levels that exist), ``check_resume_config`` (what a
-resumed run may change, its data included), ``split_options`` (the data arguments a config fixes),
-``with_absolute_data_paths``, ``sampling_settings`` / ``guidance_scale`` / ``preview_labels`` (how a
-run samples), and ``config.json`` / ``image_shape.json`` / ``data.json``, which describe a
-workdir's checkpoints to every later reader (``generate``, ``evaluate.py``).
+``validate`` (settings that cannot run on the mesh), ``check_num_classes`` (the model's classes
+against the data's), ``check_attention`` (attention levels that exist), ``check_resume_config``
+(what a resumed run may change, its data included), ``split_options`` (the data arguments a config
+fixes), ``with_absolute_data_paths``, ``sampling_settings`` / ``guidance_scale`` /
+``preview_labels`` (how a run samples), and ``config.json`` / ``image_shape.json`` / ``data.json``,
+which describe a workdir's checkpoints to every later reader (``generate``, ``evaluate.py``).
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def check_resume_config(workdir: epath.Path, config: ml_collections.ConfigDict,
                          f"Pass --allow_config_changes to resume with it")
 
 
-def check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -> None:
+def check_num_classes(config: ml_collections.ConfigDict,
+                      source: data.ImageSource) -> None:
     """Raises a one-line error when ``config.model.num_classes`` is not the dataset's, or when
     folder labels (``data.labels_from_subdirs``) would train an unconditional model."""
     wanted = config.model.num_classes

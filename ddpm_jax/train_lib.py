@@ -273,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     source = data.load_split(d.name, d.train_split, data_dir=d.data_dir,
                              **run_config.split_options(config))
     data.check_holds_a_batch(source, batch_size=tr.batch_size)
-    run_config.check_labels(config, source)
+    run_config.check_num_classes(config, source)
     image_shape = source.image_shape
     resuming = bool(checkpointing.saved_steps(workdir / "checkpoints"))
     run_config.check_attention(config, image_shape[0], resuming=resuming)

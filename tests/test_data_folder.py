@@ -451,7 +451,7 @@ def test_num_classes_must_match_the_folder(image_folder, tmp_path):
     config.model.num_classes = 4
     with pytest.raises(ValueError, match=f"^config.model.num_classes=4 but the image folder "
                                          f"{root} has 3 classes$"):
-        run_config.check_labels(config, load(root, tmp_path))
+        run_config.check_num_classes(config, load(root, tmp_path))
 
 
 def test_reference_statistics_of_a_folder(image_folder, tmp_path):

@@ -168,6 +168,17 @@ def test_determinism_and_keys(case):
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("sampler", d.sampling.SAMPLERS)
+def test_deterministic_samplers_depend_on_x_T_alone(sampler):
+    """With x_T given, the DETERMINISTIC_SAMPLERS (DDIM at eta 0) ignore the key; the others
+    draw fresh noise from it at every step."""
+    s, f = _small_setup()
+    x_T = jax.random.normal(jax.random.key(9), (4, 3))
+    run = jax.jit(lambda k: d.sample(f, s, k, (4, 3), sampler=sampler, num_steps=10, x_T=x_T))
+    a, b = run(jax.random.key(0)), run(jax.random.key(1))
+    assert np.array_equal(a, b) == (sampler in d.sampling.DETERMINISTIC_SAMPLERS)
+
+
 @pytest.mark.parametrize("case", SAMPLER_CASES[1:], ids=case_id)
 def test_vmap_over_keys_equals_separate_calls(case):
     s, f = _small_setup()
