@@ -21,7 +21,7 @@ from ddpm_jax.sampling.timesteps import sampling_timesteps
 from ddpm_jax.schedules import Schedule, respace
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
-# Those whose x_0 is a function of x_T alone (DDIM with eta = 0): ODE solvers, invertible.
+# Those whose x_0 is a function of x_T alone (DDIM with eta = 0): probability-flow ODE solvers.
 DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp_2m", "heun")
 # Each sampler's recommended spacing: DPM-Solver++ converges at its order on log-SNR spacing
 # (order ~1.1 on 'time', 1.57 on 'logsnr' with the exact Gaussian denoiser), Heun on Karras'.
