@@ -92,6 +92,7 @@ def _is_read_after_a_failed_restore(error: BaseException | None,
 
 
 def _keep_record(record: logging.LogRecord) -> bool:
+    """The ``asyncio`` logger's filter: False for a failed restore's unretrieved read errors."""
     error = record.exc_info[1] if record.exc_info else None
     first_line = str(record.msg).split("\n", 1)[0]
     return not (first_line.endswith("exception was never retrieved")

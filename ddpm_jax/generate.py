@@ -101,6 +101,14 @@ def resolve(source: str | Trained | Pretrained, step: int | None) -> Trained:
     return source if isinstance(source, Trained) else load_workdir(source, step=step)
 
 
+def source_settings(trained: Trained) -> dict[str, str | None]:
+    """Where samples of ``trained`` came from, for their settings: ``workdir`` (None for a
+    pretrained model) and, for a pretrained model, its id (``pretrained``)."""
+    return {"workdir": trained.source.get("workdir"),
+            **({"pretrained": trained.source["pretrained"]} if "pretrained" in trained.source
+               else {})}
+
+
 @dataclasses.dataclass(frozen=True)
 class Samples:
     """Generated images (float in [-1, 1] and uint8) and, if asked, the reverse process of the
@@ -222,12 +230,10 @@ def generate(workdir: str | Trained | Pretrained, *, num_samples: int, seed: int
                 trajectory = gather(trajectory)
             outputs.append(gather(out))
     images = np.concatenate(outputs)[:num_samples]
-    settings = dict(workdir=trained.source.get("workdir"), step=trained.step, seed=seed,
-                    num_samples=num_samples, params=params,
-                    batch_size=batch_size, guidance_scale=scale,
+    settings = dict(**source_settings(trained), step=trained.step, seed=seed,
+                    num_samples=num_samples, params=params, batch_size=batch_size,
+                    guidance_scale=scale,
                     labels=None if all_labels is None else all_labels[:num_samples].tolist(), **s)
-    if "pretrained" in trained.source:
-        settings["pretrained"] = trained.source["pretrained"]
     return Samples(images, visualize.to_uint8(images), trajectory, settings)
 
 

@@ -138,8 +138,8 @@ def edit(workdir: str | generate.Trained | Pretrained, *, mode: str, num_samples
 
     key = jax.random.key(seed)
     images = np.asarray(jax.jit(run)(trained.chosen_params(params), key, inputs))
-    settings = dict(workdir=os.fspath(as_path(workdir)) if isinstance(workdir, str) else None,
-                    step=trained.step, seed=seed, num_samples=num_samples, params=params,
+    settings = dict(**generate.source_settings(trained), step=trained.step, seed=seed,
+                    num_samples=num_samples, params=params,
                     mode=mode, image=image and os.fspath(image), mask=mask and os.fspath(mask),
                     strength=strength, **({"resample": resample, "jump": jump}
                                           if mode == "inpaint" else {}), **s)

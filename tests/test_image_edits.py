@@ -90,6 +90,7 @@ def test_sample_cli_edit_modes(trained_workdir, files, tmp_path):
         images = np.load(out / "samples.npz")["images"]
         settings = json.loads((out / "sample_settings.json").read_text())
         assert settings["mode"] == mode and images.shape[1:] == (28, 28, 1)
+        assert settings["workdir"] == str(trained_workdir)  # sample.py restores it before the edit
         assert Image.open(out / "samples.png").size[0] > 0
     assert np.load(tmp_path / "interpolate" / "samples.npz")["images"].shape[0] == 5
     bad = run_cli(*common, "--inpaint", str(files / "picture.png"), "--out", str(tmp_path / "x"))
